@@ -1,0 +1,30 @@
+// Schemas of the mcfast custom ops. Kernels: cpu/*.cpp (CPU key), cuda/*.cu (CUDA key);
+// fake (meta) kernels are registered from Python in mcfast/ops/fake.py.
+#include <torch/library.h>
+
+TORCH_LIBRARY(mcfast, m) {
+  // The fake kernels live in this Python module; torch tells users to import it when missing.
+  m.set_python_module("mcfast.ops.fake");
+  // DDPM posterior step, per-image coefficients of shape (B,):
+  //   x0 = c1·x_t − c2·ε (clamped to [-1, 1] when clip), mean = m1·x0 + m2·x_t, x_{t−1} = mean + σ·noise.
+  m.def("ddpm_step(Tensor x_t, Tensor eps, Tensor noise, Tensor coef_x0_from_xt, Tensor coef_x0_from_eps, "
+        "Tensor coef_mean_x0, Tensor coef_mean_xt, Tensor sigma, bool clip) -> Tensor");
+  // One reverse step with multi-condition weighted ILVR guidance (box filter); layout in docs/kernels.md.
+  m.def("guided_step(Tensor x_t, Tensor model_output, Tensor coefs, Tensor? noise, Tensor? ref_noise, "
+        "Tensor refs, Tensor ref_offsets, Tensor factors, Tensor active, Tensor weight_kind, Tensor patch, "
+        "Tensor weight_maps, Tensor weight_offsets, int seed, int offset, bool learned_variance, bool clip) -> Tensor");
+  // The in-kernel generator, exposed for tests and benchmarks: fills `out` (float32) with the normals
+  // start, start+1, ... of stream (seed, offset, stream).
+  m.def("philox_normal_(Tensor(a!) out, int seed, int offset, int stream, int start) -> ()");
+  // Raw Philox4x32-10 words: `out` int32 of shape (G, 4) gets the words of groups start .. start+G−1.
+  m.def("philox_bits_(Tensor(a!) out, int seed, int offset, int stream, int start) -> ()");
+}
+
+#ifdef MCFAST_PYTHON_MODULE
+// Only the setuptools build (mcfast._C) is a Python module; the CMake ops library is plain C++.
+#include <Python.h>
+extern "C" PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", "mcfast custom ops (torch.ops.mcfast)", -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+#endif

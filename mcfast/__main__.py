@@ -1,0 +1,3 @@
+from mcfast.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,95 @@
+"""Tissue masks that decide where a pathology patch may be placed: lungs in CT, breast in mammograms."""
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from mcfast.errors import InputError
+
+
+def _check_image(img: np.ndarray, what: str) -> np.ndarray:
+    arr = np.asarray(img, dtype=np.float32)
+    if arr.ndim != 2:
+        raise InputError(f"{what} needs a 2-D image, got shape {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise InputError(f"{what}: image contains NaN or Inf")
+    return arr
+
+
+def _disk(radius: int) -> np.ndarray:
+    r = np.arange(-radius, radius + 1)
+    return (r[:, None] ** 2 + r[None, :] ** 2) <= radius**2
+
+
+def _close_and_fill(component: np.ndarray, radius: int) -> np.ndarray:
+    """Closing + hole filling of one component inside its padded bounding box.
+
+    Done per component so that closing cannot bridge the two lungs across the anterior junction.
+    Filling puts the vessels (above the threshold) back into the lung.
+    """
+    rows, cols = np.nonzero(component)
+    pad = radius + 1
+    r0, r1 = rows.min(), rows.max() + 1
+    c0, c1 = cols.min(), cols.max() + 1
+    crop = np.pad(component[r0:r1, c0:c1], pad)
+    crop = ndimage.binary_closing(crop, structure=_disk(radius)) if radius > 0 else crop
+    crop = ndimage.binary_fill_holes(crop)[pad:-pad, pad:-pad]
+    # closing can leave detached specks (pixels between two nearby concavities): keep the main piece
+    labels, n = ndimage.label(crop)
+    if n > 1:
+        crop = labels == int(np.bincount(labels.ravel())[1:].argmax()) + 1
+    out = np.zeros_like(component)
+    out[r0:r1, c0:c1] = crop
+    return out
+
+
+def lung_mask(hu: np.ndarray, threshold: float = -400.0, min_second_fraction: float = 0.05) -> np.ndarray:
+    """Boolean mask of the two lungs in an axial CT slice given in HU.
+
+    Steps: voxels below ``threshold`` -> drop the air connected to the image border (outside the
+    body, outside the scan circle) -> opening against noise specks -> the two largest components
+    -> per-component closing and hole filling (vessels and nodules inside the lung belong to it).
+    The second component is dropped when it is smaller than ``min_second_fraction`` of the first
+    (the trachea or a bowel gas pocket rather than a lung; e.g. when the two lungs touch).
+    A slice without lungs gives an all-False mask.
+    """
+    arr = _check_image(hu, "lung_mask")
+    size = max(arr.shape)
+    low = arr < threshold
+    labels, n = ndimage.label(low)
+    if n == 0:
+        return np.zeros(arr.shape, dtype=bool)
+    border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    inside = low & ~np.isin(labels, border[border > 0])
+    open_r = max(1, size // 256)
+    inside = ndimage.binary_opening(inside, structure=_disk(open_r))
+    labels, n = ndimage.label(inside)
+    if n == 0:
+        return np.zeros(arr.shape, dtype=bool)
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    order = np.argsort(sizes)[::-1]
+    keep = [order[0]]
+    if n >= 2 and sizes[order[1]] >= min_second_fraction * sizes[order[0]]:
+        keep.append(order[1])
+    close_r = max(1, size // 128)
+    out = np.zeros(arr.shape, dtype=bool)
+    for lab in keep:
+        out |= _close_and_fill(labels == lab, close_r)
+    return out
+
+
+def breast_mask(img: np.ndarray) -> np.ndarray:
+    """Boolean breast mask of a mammogram (dense tissue bright, dark background).
+
+    Otsu threshold + largest connected component + hole filling; delegates to
+    :func:`mcfast.io.mammo.breast_mask` so that loaders and placement agree on the same mask.
+    """
+    from mcfast.io.mammo import breast_mask as _io_breast_mask
+
+    return _io_breast_mask(_check_image(img, "breast_mask"))
+
+
+def components(mask: np.ndarray) -> int:
+    """Number of 8-connected components of a boolean mask (handy for checks and tests)."""
+    return int(ndimage.label(np.asarray(mask, dtype=bool), structure=np.ones((3, 3)))[1])

@@ -1,0 +1,103 @@
+"""`mcfast sample`: draw unguided images from a trained run (PNG per image + one NPY of model-space values)."""
+from __future__ import annotations
+
+import argparse
+import json
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mcfast.errors import InputError
+
+# Fastest configuration measured by benchmarks/bench_unet.py on the 2-core CPU (see the report / results JSON).
+DEFAULT_PRECISION = "fp32"
+DEFAULT_CHANNELS_LAST = False
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "sample", help="sample images from a trained run",
+        description="Sample --n images from the EMA weights of a run made by 'mcfast train' with DDPM or DDIM, "
+                    "writing sample_NNNN.png (8-bit), samples.npy (N, 1, H, W) float32 in model space [-1, 1] "
+                    "and samples.json (settings and seed). Deterministic for a given --seed and --batch-size.")
+    p.add_argument("--ckpt", type=Path, required=True, help="run folder (model.safetensors + config.json)")
+    p.add_argument("--out", type=Path, required=True, help="output folder (must not already hold samples)")
+    p.add_argument("--n", type=int, default=16, help="number of images (default 16)")
+    p.add_argument("--steps", type=int, default=100, help="sampling steps, respaced from the training T (default 100)")
+    p.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddpm", help="ancestral DDPM or DDIM")
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity η (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the noise generator (default 0)")
+    p.add_argument("--batch-size", type=int, default=16, help="images per model call (default 16)")
+    p.add_argument("--no-clip", action="store_true", help="do not clip the x0 prediction to [-1, 1]")
+    p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA weights")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default=DEFAULT_PRECISION,
+                   help=f"autocast precision of the network (default {DEFAULT_PRECISION}, fastest measured)")
+    p.add_argument("--channels-last", dest="channels_last", action="store_true", default=DEFAULT_CHANNELS_LAST,
+                   help="channels_last memory format" + (" (default)" if DEFAULT_CHANNELS_LAST else ""))
+    p.add_argument("--no-channels-last", dest="channels_last", action="store_false",
+                   help="contiguous memory format" + ("" if DEFAULT_CHANNELS_LAST else " (default)"))
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def make_model_fn(model: torch.nn.Module, device: torch.device, precision: str, channels_last: bool):
+    """Wrap ``model`` as ``fn(x, t)`` running under the requested autocast precision and memory format."""
+    if precision == "fp16" and device.type != "cuda":
+        raise InputError("--precision fp16 needs a CUDA device; use bf16 or fp32 on CPU")
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+
+    def fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        ctx = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+        with ctx:
+            return model(x, t).float()
+    return fn
+
+
+def run(args: argparse.Namespace) -> int:
+    from PIL import Image
+
+    from mcfast.atomic import atomic_path, write_text
+    from mcfast.diffusion.gaussian import create_diffusion
+    from mcfast.diffusion.samplers import sample
+    from mcfast.train.checkpoint import load_model
+
+    if args.n < 1 or args.batch_size < 1:
+        raise InputError(f"--n and --batch-size must be >= 1 (got {args.n}, {args.batch_size})")
+    if (args.out / "samples.npy").exists():
+        raise InputError(f"{args.out}: already holds samples.npy; choose another --out")
+    device = torch.device(args.device) if args.device else (
+        torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
+    model, diffusion_kwargs, config = load_model(args.ckpt, device=device, ema=not args.raw)
+    diffusion = create_diffusion(**{**diffusion_kwargs, "respacing": str(args.steps)})
+    size = int(config["model"]["image_size"])
+    channels = int(config["model"].get("in_channels", 1))
+    fn = make_model_fn(model, device, args.precision, args.channels_last)
+    generator = torch.Generator(device="cpu").manual_seed(args.seed)
+    batches = []
+    for start in range(0, args.n, args.batch_size):
+        b = min(args.batch_size, args.n - start)
+        batches.append(sample(fn, diffusion, (b, channels, size, size), method=args.sampler, eta=args.eta,
+                              clip_denoised=not args.no_clip, generator=generator,
+                              progress=not args.no_progress, device=device).cpu())
+    images = torch.cat(batches).numpy().astype(np.float32)
+    args.out.mkdir(parents=True, exist_ok=True)
+    for k, img in enumerate(images):
+        pixels = np.round((np.clip(img[0], -1, 1) + 1) * 127.5).astype(np.uint8)
+        with atomic_path(args.out / f"sample_{k:04d}.png") as tmp:
+            Image.fromarray(pixels).save(tmp, format="PNG")
+    with atomic_path(args.out / "samples.npy") as tmp:
+        np.save(tmp, images)
+    write_text(args.out / "samples.json", json.dumps({
+        "ckpt": str(args.ckpt), "step": config["step"], "n": args.n, "steps": args.steps, "sampler": args.sampler,
+        "eta": args.eta, "seed": args.seed, "batch_size": args.batch_size, "ema": not args.raw,
+        "precision": args.precision, "channels_last": args.channels_last, "clip_denoised": not args.no_clip,
+        "model_space": "[-1, 1]", "data": config.get("data", {})}, indent=1) + "\n")
+    print(f"mcfast sample: {args.n} images {size}x{size} written to {args.out}")
+    return 0

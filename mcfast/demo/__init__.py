@@ -1,0 +1,1 @@
+"""The embedded default: phantom training data, the shipped small models, and `mcfast demo`."""

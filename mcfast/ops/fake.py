@@ -1,0 +1,40 @@
+"""Fake (meta) kernels of the mcfast ops, for torch.compile, FakeTensor tracing and opcheck.
+
+The ops are defined in C++ (csrc/ops.cpp), which names this module as their Python home
+(``set_python_module``); ``mcfast.ops.load()`` imports it after the library.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+import mcfast._C  # noqa: F401  (the op schemas must exist before their fake kernels)
+
+
+@torch.library.register_fake("mcfast::ddpm_step")
+def _ddpm_step_fake(x_t: Tensor, eps: Tensor, noise: Tensor, coef_x0_from_xt: Tensor, coef_x0_from_eps: Tensor,
+                    coef_mean_x0: Tensor, coef_mean_xt: Tensor, sigma: Tensor, clip: bool) -> Tensor:
+    torch._check(eps.shape == x_t.shape, lambda: f"mcfast::ddpm_step: eps shape {tuple(eps.shape)} != x_t shape")
+    torch._check(noise.shape == x_t.shape, lambda: f"mcfast::ddpm_step: noise shape {tuple(noise.shape)} != x_t shape")
+    return torch.empty_like(x_t)
+
+
+@torch.library.register_fake("mcfast::guided_step")
+def _guided_step_fake(x_t: Tensor, model_output: Tensor, coefs: Tensor, noise: Tensor | None,
+                      ref_noise: Tensor | None, refs: Tensor, ref_offsets: Tensor, factors: Tensor, active: Tensor,
+                      weight_kind: Tensor, patch: Tensor, weight_maps: Tensor, weight_offsets: Tensor, seed: int,
+                      offset: int, learned_variance: bool, clip: bool) -> Tensor:
+    torch._check(x_t.dim() == 4, lambda: "mcfast::guided_step: x_t must have shape (B, 1, H, W)")
+    torch._check(model_output.shape[0] == x_t.shape[0],
+                 lambda: "mcfast::guided_step: model_output and x_t have different batch sizes")
+    return torch.empty_like(x_t)
+
+
+@torch.library.register_fake("mcfast::philox_normal_")
+def _philox_normal_fake(out: Tensor, seed: int, offset: int, stream: int, start: int) -> None:
+    return None
+
+
+@torch.library.register_fake("mcfast::philox_bits_")
+def _philox_bits_fake(out: Tensor, seed: int, offset: int, stream: int, start: int) -> None:
+    return None

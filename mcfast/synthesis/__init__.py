@@ -1,0 +1,1 @@
+"""Synthesis pipeline: recipes, item plans, guided sampling runs and their annotated outputs."""

@@ -1,0 +1,148 @@
+"""Writing one synthesized item, and the run-level COCO file built from the items' metadata.
+
+An item folder is complete when its ``meta.json`` exists: it is written last (atomically), so an
+interrupted run resumes by skipping exactly the finished items.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from mcfast.atomic import atomic_path, write_text
+from mcfast.io.windows import WINDOWS
+from mcfast.synthesis.plan import ItemPlan, from_model
+
+META = "meta.json"
+CT_WINDOWS = ("lung", "soft_tissue", "bone")
+
+
+def item_dir(out: Path, index: int) -> Path:
+    return out / f"{index:06d}"
+
+
+def is_done(out: Path, index: int) -> bool:
+    return (item_dir(out, index) / META).is_file()
+
+
+def display_file(modality: str) -> str:
+    """The image a COCO entry points to."""
+    return "lung.png" if modality == "ct" else "image.png"
+
+
+def _display(modality: str, model_img: np.ndarray) -> np.ndarray:
+    """[0, 1] display of a model-space image (CT in the lung window)."""
+    if modality == "ct":
+        from mcfast.io.windows import apply_window
+
+        c, w = WINDOWS["lung"]
+        return np.asarray(apply_window(from_model("ct", model_img), c, w), dtype=np.float32)
+    return from_model("mg", model_img)
+
+
+def _rgb_overlay(gray: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Gray image with each lesion's outline in red (uint8 RGB)."""
+    from scipy import ndimage
+
+    rgb = np.repeat((np.clip(gray, 0, 1) * 255).astype(np.uint8)[..., None], 3, axis=2)
+    edge = labels > 0
+    edge = edge & ~ndimage.binary_erosion(edge)
+    rgb[edge] = (255, 40, 40)
+    return rgb
+
+
+def _write_rgb(path: Path, rgb: np.ndarray) -> None:
+    from PIL import Image
+
+    with atomic_path(path) as tmp:
+        Image.fromarray(rgb, mode="RGB").save(tmp, format="PNG")
+
+
+def write_item(out: Path, plan: ItemPlan, image_model: np.ndarray, modality: str, output, extra_meta: dict) -> dict:
+    """Write every file of one item; ``meta.json`` last. Returns the metadata."""
+    from mcfast.io import writers
+
+    d = item_dir(out, plan.index)
+    d.mkdir(parents=True, exist_ok=True)
+    image_model = np.clip(np.asarray(image_model, dtype=np.float32), -1.0, 1.0)
+    labels = np.zeros(image_model.shape, dtype=np.uint8)
+    for k, lesion in enumerate(plan.lesions, start=1):
+        labels[lesion.mask > 0] = k
+    files: list[str] = []
+    if output.npy:
+        writers.write_npy(d / "image.npy", image_model, space="model")
+        files.append("image.npy")
+        if modality == "ct":
+            writers.write_npy(d / "image_hu.npy", from_model("ct", image_model), space="hu")
+            files.append("image_hu.npy")
+        with atomic_path(d / "labels.npy") as tmp:
+            np.save(tmp, labels)
+        files.append("labels.npy")
+    # The display image (what COCO points to) and the mask are always written; the other
+    # windows, the references and the overlay only with output.png.
+    extra_png = bool(output.png)
+    if modality == "ct":
+        hu = from_model("ct", image_model)
+        for name in CT_WINDOWS if extra_png else CT_WINDOWS[:1]:
+            writers.write_png(d / f"{name}.png", hu, window=name)
+            files.append(f"{name}.png")
+    else:
+        writers.write_png(d / "image.png", image_model, value_range=(-1.0, 1.0))
+        files.append("image.png")
+    writers.write_png(d / "mask.png", (labels > 0).astype(np.float32))
+    files.append("mask.png")
+    if extra_png:
+        anatomy_model = plan.conditions[0].ref[0].numpy()
+        writers.write_png(d / "anatomy_ref.png", _display(modality, anatomy_model))
+        writers.write_png(d / "pathology_ref.png", _display(modality, plan.pathology_reference))
+        _write_rgb(d / "overlay.png", _rgb_overlay(_display(modality, image_model), labels))
+        files += ["anatomy_ref.png", "pathology_ref.png", "overlay.png"]
+    if output.dicom or output.seg:
+        if modality == "ct":
+            writers.write_ct_dicom(d / "image.dcm", from_model("ct", image_model), window="lung",
+                                   instance_number=plan.index + 1)
+        else:
+            writers.write_mg_dicom(d / "image.dcm", from_model("mg", image_model), instance_number=plan.index + 1)
+        files.append("image.dcm")
+        if output.seg and plan.lesions:
+            writers.write_dicom_seg(d / "seg.dcm", (labels > 0).astype(np.uint8), d / "image.dcm",
+                                    label=plan.lesions[0].category)
+            files.append("seg.dcm")
+    meta = {
+        "index": plan.index,
+        "seed": plan.seed,
+        "modality": modality,
+        "height": int(image_model.shape[0]),
+        "width": int(image_model.shape[1]),
+        "anatomy": plan.anatomy.source,
+        "lesions": [{"label": k, "category": l.category, "bbox": list(l.box), "patch_box": list(l.patch_box),
+                     "center": list(l.center), "area": int(l.mask.sum()), "source": l.source, "meta": l.meta}
+                    for k, l in enumerate(plan.lesions, start=1)],
+        "conditions": [{"name": c.name, "factor": c.factor, "stop_step": c.stop_step, "filter": c.filter,
+                        "weighted": not c.is_full} for c in plan.conditions],
+        "files": files,
+        **extra_meta,
+    }
+    write_text(d / META, json.dumps(meta, indent=2))
+    return meta
+
+
+def write_coco(out: Path, n: int, modality: str) -> Path:
+    """Build ``coco.json`` for items 0..n-1 from their meta.json and labels (all ranks' items together)."""
+    from mcfast.io.coco import CocoWriter
+
+    coco = CocoWriter(info={"description": "mcfast synthetic images", "version": "1.0", "modality": modality})
+    for index in range(n):
+        d = item_dir(out, index)
+        if not (d / META).is_file():
+            continue
+        meta = json.loads((d / META).read_text())
+        image_id = coco.add_image(f"{d.name}/{display_file(modality)}", meta["height"], meta["width"], id=index + 1)
+        labels = np.load(d / "labels.npy") if (d / "labels.npy").is_file() else None
+        for lesion in meta["lesions"]:
+            coco.add_category(lesion["category"])
+            mask = (labels == lesion["label"]).astype(np.uint8) if labels is not None else None
+            coco.add_annotation(image_id, mask, lesion["category"], attributes={"source": lesion["source"]},
+                                bbox=None if mask is not None else lesion["bbox"])
+    return coco.save(out / "coco.json")

@@ -1,0 +1,117 @@
+"""One item's plan: its anatomy reference, its placed pathologies and the guidance conditions.
+
+Model space is [-1, 1]: CT through ``hu_to_model``, mammograms through ``2·x − 1``. Each pathology
+reference is the anatomy with the (matched, augmented) patch pasted into its square, weighted by a
+Gaussian in that square (paper's weighted ILVR), so the condition acts only around the lesion.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage
+
+from mcfast.errors import InputError
+from mcfast.guidance.conditions import Condition
+from mcfast.synthesis.recipe import Recipe
+from mcfast.synthesis.sources import Anatomy, load_anatomy, load_patch
+
+
+def to_model(modality: str, values: np.ndarray) -> np.ndarray:
+    """HU (CT) or [0, 1] (MG) → model space [-1, 1]."""
+    if modality == "ct":
+        from mcfast.io.windows import hu_to_model
+
+        return np.asarray(hu_to_model(values), dtype=np.float32)
+    return (2.0 * np.clip(values, 0.0, 1.0) - 1.0).astype(np.float32)
+
+
+def from_model(modality: str, x: np.ndarray) -> np.ndarray:
+    """Model space → HU (CT) or [0, 1] (MG)."""
+    if modality == "ct":
+        from mcfast.io.windows import model_to_hu
+
+        return np.asarray(model_to_hu(x), dtype=np.float32)
+    return ((np.clip(x, -1.0, 1.0) + 1.0) / 2.0).astype(np.float32)
+
+
+@dataclass
+class PlacedLesion:
+    """A pathology inserted into one item: exact mask, COCO box, centre, category and provenance."""
+
+    mask: np.ndarray
+    box: tuple[int, int, int, int]
+    patch_box: tuple[int, int, int, int]
+    center: tuple[float, float]
+    category: str
+    source: str
+    meta: dict = field(default_factory=dict)
+
+
+@dataclass
+class ItemPlan:
+    index: int
+    seed: int
+    anatomy: Anatomy
+    lesions: list[PlacedLesion]
+    conditions: list[Condition]
+    pathology_reference: np.ndarray  # anatomy with every patch pasted (model space), for the contact sheet
+
+
+def item_seed(recipe_seed: int, index: int) -> int:
+    """A well-mixed per-item seed: the same item gets the same anatomy and lesions on every rank and re-run."""
+    return int(np.random.SeedSequence([recipe_seed, index]).generate_state(1, dtype=np.uint64)[0] >> np.uint64(2))
+
+
+def plan_item(recipe: Recipe, index: int) -> ItemPlan:
+    """Draw the anatomy and pathologies of item ``index`` and build its conditions (deterministic per seed)."""
+    seed = item_seed(recipe.seed, index)
+    rng = np.random.default_rng(seed)
+    size, modality = recipe.image_size, recipe.modality
+    a = recipe.anatomy
+    anatomy = load_anatomy(modality, a.source, a.path, size, seed, rng, a.slice_index)
+    anatomy_model = to_model(modality, anatomy.values)
+    conditions = [Condition.full(anatomy_model, a.factor, a.stop_step, a.filter, name="anatomy")]
+    free = anatomy.tissue.copy()  # tissue not yet used by a lesion: lesions do not overlap
+    lesions: list[PlacedLesion] = []
+    composite = anatomy_model.copy()
+    for k, spec in enumerate(recipe.pathology):
+        count = int(rng.integers(spec.count[0], spec.count[1] + 1))
+        for j in range(count):
+            side = int(rng.integers(spec.size[0], spec.size[1] + 1))
+            lesion = _place_one(recipe, spec, anatomy, free, rng, side, f"pathology[{k}] #{j}")
+            patch_model, (x, y, w, h) = lesion.meta.pop("_patch_model"), lesion.patch_box
+            canvas = anatomy_model.copy()
+            canvas[y:y + h, x:x + w] = patch_model
+            composite[y:y + h, x:x + w] = patch_model
+            conditions.append(Condition.on_canvas(canvas, lesion.patch_box, spec.factor, spec.stop_step,
+                                                  spec.sigma_scale, None, spec.filter, name=f"{spec.category}{j}"))
+            lesions.append(lesion)
+            free &= ~ndimage.binary_dilation(lesion.mask.astype(bool), iterations=2)
+    return ItemPlan(index, seed, anatomy, lesions, conditions, composite)
+
+
+def _place_one(recipe: Recipe, spec, anatomy: Anatomy, free: np.ndarray, rng: np.random.Generator, side: int,
+               what: str) -> PlacedLesion:
+    from mcfast.pathology.placement import place_patch
+    from mcfast.pathology.transform import prepare_patch
+
+    modality = recipe.modality
+    patch = load_patch(modality, spec.source, spec.path, rng, side)
+    if modality == "mg":
+        patch = prepare_patch(patch, rng, reference=anatomy.values, reference_mask=anatomy.tissue)
+    else:
+        patch = prepare_patch(patch, rng)
+    try:
+        placed = place_patch(anatomy.values.shape, free, patch, rng, min_overlap=spec.min_overlap, fill=np.nan)
+    except InputError as exc:
+        raise InputError(f"{recipe.source}: {what}: {exc}") from None
+    square = np.isfinite(placed.canvas)
+    rows, cols = np.nonzero(square)
+    y, x = int(rows.min()), int(cols.min())
+    h, w = int(rows.max()) - y + 1, int(cols.max()) - x + 1
+    patch_model = to_model(modality, placed.canvas[y:y + h, x:x + w])
+    meta = {k: v for k, v in patch.meta.items() if isinstance(v, (int, float, str, bool, list, tuple))}
+    meta["_patch_model"] = patch_model
+    return PlacedLesion(placed.mask.astype(np.uint8), tuple(int(v) for v in placed.box), (x, y, w, h),
+                        tuple(float(v) for v in placed.center), spec.category, patch.source, meta)

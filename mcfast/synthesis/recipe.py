@@ -1,0 +1,201 @@
+"""Synthesis recipes: a TOML file that says what to make and how to steer the sampler.
+
+A recipe names the modality, the anatomy reference (a B-spline phantom, a DICOM
+slice or an image) with its ILVR factor and stop step, one or more pathology
+sources with theirs, the sampler settings and the outputs. Every value is
+checked here so that a mistake is reported as one line naming the key.
+"""
+from __future__ import annotations
+
+import tomllib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mcfast.errors import InputError
+
+MODALITIES = ("ct", "mg")
+ANATOMY_SOURCES = ("phantom", "file", "folder")
+PATHOLOGY_SOURCES = ("synthetic", "msd", "voc", "mias", "file")
+FILTERS = ("box", "bicubic")
+BACKENDS = ("auto", "reference", "fused")
+T_MAX = 1000
+
+
+@dataclass
+class SamplerSpec:
+    method: str = "ddpm"
+    steps: str = "100"
+    eta: float = 0.0
+    clip_denoised: bool = True
+    backend: str = "auto"
+    batch_size: int = 4
+
+
+@dataclass
+class AnatomySpec:
+    source: str = "phantom"
+    path: str = ""
+    factor: int = 4
+    stop_step: int = 200
+    filter: str = "box"
+    slice_index: int = -1  # for a DICOM series: -1 = a random slice per item
+
+
+@dataclass
+class PathologySpec:
+    source: str = "synthetic"
+    path: str = ""
+    count: tuple[int, int] = (1, 1)
+    size: tuple[int, int] = (8, 16)
+    factor: int = 1
+    stop_step: int = 0
+    filter: str = "box"
+    sigma_scale: float = 0.5
+    min_overlap: float = 0.9
+    category: str = "nodule"
+
+
+@dataclass
+class OutputSpec:
+    npy: bool = True
+    png: bool = True
+    dicom: bool = False
+    seg: bool = False
+
+
+@dataclass
+class _Top:
+    """The [recipe] table."""
+    modality: str = "ct"
+    image_size: int = 64
+    seed: int = 0
+
+
+@dataclass
+class Recipe:
+    modality: str = "ct"
+    image_size: int = 64
+    seed: int = 0
+    sampler: SamplerSpec = field(default_factory=SamplerSpec)
+    anatomy: AnatomySpec = field(default_factory=AnatomySpec)
+    pathology: list[PathologySpec] = field(default_factory=list)
+    output: OutputSpec = field(default_factory=OutputSpec)
+    source: str = "<defaults>"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _pair(value: Any, key: str, where: str) -> tuple[int, int]:
+    if isinstance(value, int):
+        return (value, value)
+    if isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, int) for v in value):
+        lo, hi = int(value[0]), int(value[1])
+        if lo > hi:
+            raise InputError(f"{where}: {key} = {list(value)} has min > max")
+        return (lo, hi)
+    raise InputError(f"{where}: {key} must be an integer or [min, max], got {value!r}")
+
+
+def _fill(cls, table: dict[str, Any], where: str, section: str):
+    known = {f for f in cls.__dataclass_fields__}
+    unknown = sorted(set(table) - known)
+    if unknown:
+        raise InputError(f"{where}: unknown key(s) in [{section}]: {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+    obj = cls()
+    for key, value in table.items():
+        default = getattr(obj, key)
+        if isinstance(default, tuple):
+            value = _pair(value, f"{section}.{key}", where)
+        elif isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise InputError(f"{where}: {section}.{key} must be true or false, got {value!r}")
+        elif isinstance(default, int) and not isinstance(default, bool):
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise InputError(f"{where}: {section}.{key} must be an integer, got {value!r}")
+        elif isinstance(default, float):
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise InputError(f"{where}: {section}.{key} must be a number, got {value!r}")
+            value = float(value)
+        elif isinstance(default, str) and not isinstance(value, str):
+            raise InputError(f"{where}: {section}.{key} must be a string, got {value!r}")
+        setattr(obj, key, value)
+    return obj
+
+
+def _check_choice(value: str, choices: tuple[str, ...], key: str, where: str) -> None:
+    if value not in choices:
+        raise InputError(f"{where}: {key} = {value!r} is not one of {', '.join(choices)}")
+
+
+def _check_guidance(factor: int, stop_step: int, filt: str, size: int, key: str, where: str) -> None:
+    if factor < 1 or size % factor:
+        raise InputError(f"{where}: {key}.factor = {factor} does not divide image_size = {size}")
+    if not 0 <= stop_step <= T_MAX:
+        raise InputError(f"{where}: {key}.stop_step = {stop_step} is outside [0, {T_MAX}] (the 1000-step scale)")
+    _check_choice(filt, FILTERS, f"{key}.filter", where)
+
+
+def validate(recipe: Recipe) -> Recipe:
+    where = recipe.source
+    _check_choice(recipe.modality, MODALITIES, "recipe.modality", where)
+    if recipe.image_size < 8 or recipe.image_size % 8:
+        raise InputError(f"{where}: recipe.image_size = {recipe.image_size} must be a multiple of 8 (≥ 8)")
+    s = recipe.sampler
+    _check_choice(s.method, ("ddpm", "ddim"), "sampler.method", where)
+    _check_choice(s.backend, BACKENDS, "sampler.backend", where)
+    if s.batch_size < 1:
+        raise InputError(f"{where}: sampler.batch_size must be ≥ 1")
+    a = recipe.anatomy
+    _check_choice(a.source, ANATOMY_SOURCES, "anatomy.source", where)
+    if a.source != "phantom" and not a.path:
+        raise InputError(f"{where}: anatomy.source = {a.source!r} needs anatomy.path")
+    _check_guidance(a.factor, a.stop_step, a.filter, recipe.image_size, "anatomy", where)
+    for k, p in enumerate(recipe.pathology):
+        key = f"pathology[{k}]"
+        _check_choice(p.source, PATHOLOGY_SOURCES, f"{key}.source", where)
+        if p.source not in ("synthetic",) and not p.path:
+            raise InputError(f"{where}: {key}.source = {p.source!r} needs {key}.path")
+        _check_guidance(p.factor, p.stop_step, p.filter, recipe.image_size, key, where)
+        if p.count[0] < 0 or p.count[1] > 8:
+            raise InputError(f"{where}: {key}.count must lie in [0, 8], got {list(p.count)}")
+        if p.size[0] < 3 or p.size[1] > recipe.image_size // 2:
+            raise InputError(f"{where}: {key}.size {list(p.size)} must lie in [3, image_size/2 = {recipe.image_size // 2}]")
+        if not 0.0 < p.min_overlap <= 1.0:
+            raise InputError(f"{where}: {key}.min_overlap must lie in (0, 1], got {p.min_overlap}")
+        if p.sigma_scale <= 0:
+            raise InputError(f"{where}: {key}.sigma_scale must be > 0, got {p.sigma_scale}")
+    return recipe
+
+
+def recipe_from_dict(data: dict[str, Any], source: str = "<dict>") -> Recipe:
+    data = dict(data)
+    known = {"recipe", "sampler", "anatomy", "pathology", "output"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise InputError(f"{source}: unknown section(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+    top = _fill(_Top, data.get("recipe", {}), source, "recipe")
+    pathology = data.get("pathology", [])
+    if isinstance(pathology, dict):
+        pathology = [pathology]
+    recipe = Recipe(
+        modality=top.modality, image_size=top.image_size, seed=top.seed,
+        sampler=_fill(SamplerSpec, data.get("sampler", {}), source, "sampler"),
+        anatomy=_fill(AnatomySpec, data.get("anatomy", {}), source, "anatomy"),
+        pathology=[_fill(PathologySpec, p, source, "pathology") for p in pathology],
+        output=_fill(OutputSpec, data.get("output", {}), source, "output"),
+        source=source,
+    )
+    return validate(recipe)
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: recipe file not found")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: not a valid TOML recipe ({exc})") from None
+    return recipe_from_dict(data, source=str(path))

@@ -1,0 +1,222 @@
+"""Where anatomy references and pathology patches come from (phantoms, DICOM, images, datasets).
+
+Everything returned here is at the recipe's image size: anatomy as (values, tissue mask) with CT in
+HU and mammograms in [0, 1] (dense tissue bright); patches as :class:`mcfast.pathology.patches.Patch`
+in the same units.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from skimage.transform import resize
+
+from mcfast.errors import InputError
+from mcfast.pathology.patches import Patch
+
+IMAGE_SUFFIXES = (".png", ".pgm", ".tif", ".tiff", ".npy", ".dcm", "")
+
+
+@dataclass
+class Anatomy:
+    """An anatomy reference: ``values`` (H, W) float32 (HU for CT, [0, 1] for MG), ``tissue`` bool mask."""
+
+    values: np.ndarray
+    tissue: np.ndarray
+    source: str
+
+
+def _resize(img: np.ndarray, size: int, order: int = 1) -> np.ndarray:
+    if img.shape == (size, size):
+        return img.astype(np.float32)
+    return resize(img, (size, size), order=order, anti_aliasing=order > 0, preserve_range=True).astype(np.float32)
+
+
+def _tissue_mask(modality: str, values: np.ndarray, source: str) -> np.ndarray:
+    from mcfast.anatomy.masks import breast_mask, lung_mask
+
+    try:
+        mask = lung_mask(values) if modality == "ct" else breast_mask(values)
+    except InputError as exc:
+        raise InputError(f"{source}: {exc}") from None
+    if not mask.any():
+        raise InputError(f"{source}: no {'lung' if modality == 'ct' else 'breast'} found to place pathologies in")
+    return mask
+
+
+@functools.lru_cache(maxsize=4)
+def _ct_volume(path: str):
+    from mcfast.io.dicom import read_ct
+
+    return read_ct(path)
+
+
+def _list_images(folder: Path) -> list[Path]:
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                   and not p.name.startswith("."))
+    if not files:
+        raise InputError(f"{folder}: no images (PNG, PGM, TIFF, NPY or DICOM) found")
+    return files
+
+
+def _read_anatomy_file(modality: str, path: Path, size: int, rng: np.random.Generator, slice_index: int) -> Anatomy:
+    from mcfast.io.images import read_image
+
+    if modality == "ct":
+        if path.is_dir() or path.suffix.lower() in (".dcm", ""):
+            data = _ct_volume(str(path))
+            hu = getattr(data, "hu")
+            if hu.ndim == 3:
+                k = int(rng.integers(hu.shape[0])) if slice_index < 0 else slice_index
+                if not 0 <= k < hu.shape[0]:
+                    raise InputError(f"{path}: slice_index {slice_index} outside 0..{hu.shape[0] - 1}")
+                hu, source = hu[k], f"{path}#slice{k}"
+            else:
+                source = str(path)
+        else:
+            hu, source = read_image(path, normalize=False), str(path)  # NPY in HU
+        hu = _resize(np.asarray(hu, dtype=np.float32), size)
+        return Anatomy(hu, _tissue_mask("ct", hu, source), source)
+    from mcfast.io.datasets import read_mammogram
+    from mcfast.io.mammo import prepare_mammogram
+
+    img = read_image(path) if path.suffix.lower() == ".npy" else read_mammogram(path)
+    try:
+        img, _, mask = prepare_mammogram(img, size)
+    except InputError as exc:
+        raise InputError(f"{path}: {exc}") from None
+    return Anatomy(img.astype(np.float32), mask & _tissue_mask("mg", img, str(path)), str(path))
+
+
+def load_anatomy(modality: str, source: str, path: str, size: int, seed: int, rng: np.random.Generator,
+                 slice_index: int = -1) -> Anatomy:
+    """The anatomy reference of one item: a phantom drawn from ``seed`` or a real image from ``path``."""
+    if source == "phantom":
+        if modality == "ct":
+            from mcfast.anatomy.phantom import lung_phantom_with_masks
+
+            hu, lungs = lung_phantom_with_masks(size=size, seed=seed)
+            return Anatomy(hu, lungs.astype(bool), f"phantom:lung:{seed}")
+        from mcfast.anatomy.breast_phantom import breast_phantom_labels
+
+        img, labels = breast_phantom_labels(size=size, seed=seed)  # "tissue" excludes the pectoral muscle
+        return Anatomy(img, labels["tissue"].astype(bool), f"phantom:breast:{seed}")
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{p}: anatomy path not found")
+    if source == "folder":
+        if not p.is_dir():
+            raise InputError(f"{p}: anatomy.source = 'folder' needs a folder")
+        if modality == "ct" and not any(f.suffix.lower() in (".png", ".npy") for f in p.iterdir() if f.is_file()):
+            return _read_anatomy_file(modality, p, size, rng, slice_index)  # a DICOM series folder
+        files = _list_images(p)
+        p = files[int(rng.integers(len(files)))]
+    return _read_anatomy_file(modality, p, size, rng, slice_index)
+
+
+# -- pathology patches -----------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=4)
+def _msd(path: str):
+    from mcfast.io.annotations import read_msd_patches
+
+    return read_msd_patches(path)
+
+
+@functools.lru_cache(maxsize=4)
+def _mias(path: str):
+    from mcfast.io.annotations import read_mias_info
+
+    folder = Path(path)
+    info = folder / "Info.txt"
+    if not info.is_file():
+        raise InputError(f"{folder}: no Info.txt (MIAS annotations) found")
+    records = read_mias_info(info)
+    lesions = [(rec, ab) for rec in records.values() for ab in rec.abnormalities
+               if ab.has_center and ab.cls in ("CIRC", "SPIC", "MISC", "ASYM", "ARCH")]
+    if not lesions:
+        raise InputError(f"{info}: no abnormality with a centre")
+    return lesions
+
+
+@functools.lru_cache(maxsize=4)
+def _voc(path: str):
+    from mcfast.io.annotations import read_voc
+
+    root = Path(path)
+    ann_dir, dcm_dir = root / "annotations", root / "dicom"
+    if not ann_dir.is_dir() or not dcm_dir.is_dir():
+        raise InputError(f"{root}: expected annotations/ (Pascal VOC XML) and dicom/ folders")
+    from mcfast.io.dicom import read_ct_tree
+
+    uid_to_slice = {}
+    for vol in read_ct_tree(dcm_dir):
+        for k, uid in enumerate(vol.sop_uids):
+            uid_to_slice[uid] = (vol, k)
+    boxes = []
+    for xml in sorted(ann_dir.glob("*.xml")):
+        ann = read_voc(xml)
+        if ann.key in uid_to_slice:
+            boxes.extend((ann.key, obj) for obj in ann.objects)
+    if not boxes:
+        raise InputError(f"{root}: no VOC box matches a DICOM slice (by SOPInstanceUID)")
+    return boxes, uid_to_slice
+
+
+# MSD patches are intensity-normalised to [0, 1]; we map them onto a lung-window-like HU range.
+MSD_HU_RANGE = (-1000.0, 400.0)
+
+
+def load_patch(modality: str, source: str, path: str, rng: np.random.Generator, side: int) -> Patch:
+    """One lesion patch (image + mask), resized so its larger side is ``side`` pixels."""
+    from mcfast.pathology import patches as P
+
+    if source == "synthetic":
+        from mcfast.pathology.synthetic import ct_nodule_patch, mg_mass_patch
+
+        return (ct_nodule_patch if modality == "ct" else mg_mass_patch)(side, rng)
+    if source == "msd":
+        if modality != "ct":
+            raise InputError("pathology source 'msd' holds lung CT tumours; it needs modality = 'ct'")
+        msd = _msd(path)
+        k = int(rng.integers(len(msd.images)))
+        lo, hi = MSD_HU_RANGE
+        patch = P.extract_msd_patch(lo + (hi - lo) * np.asarray(msd.images[k]).squeeze(),
+                                    np.asarray(msd.masks[k]).squeeze(), crop=True, source=f"msd:{k}")
+    elif source == "voc":
+        if modality != "ct":
+            raise InputError("pathology source 'voc' holds CT boxes; it needs modality = 'ct'")
+        boxes, uid_to_slice = _voc(path)
+        uid, obj = boxes[int(rng.integers(len(boxes)))]
+        vol, k = uid_to_slice[uid]
+        patch = P.extract_voc_patch(vol.hu[k], (obj.xmin, obj.ymin, obj.xmax, obj.ymax), source=f"voc:{uid}")
+    elif source == "mias":
+        if modality != "mg":
+            raise InputError("pathology source 'mias' holds mammograms; it needs modality = 'mg'")
+        from mcfast.io.datasets import read_mammogram
+
+        lesions = _mias(path)
+        rec, ab = lesions[int(rng.integers(len(lesions)))]
+        image = read_mammogram(Path(path) / "images" / f"{rec.ref}.png")
+        patch = P.extract_mias_patch(image, ab.x, ab.y, ab.radius, source=f"mias:{rec.ref}")
+    else:
+        raise InputError(f"unknown pathology source {source!r}")
+    return resize_patch(patch, side)
+
+
+def resize_patch(patch: Patch, side: int) -> Patch:
+    """Scale ``patch`` so that its larger side is ``side`` pixels (mask by nearest neighbour)."""
+    import dataclasses
+
+    h, w = patch.shape
+    scale = side / max(h, w)
+    shape = (max(3, round(h * scale)), max(3, round(w * scale)))
+    if shape == (h, w):
+        return patch
+    image = resize(patch.image, shape, order=1, anti_aliasing=scale < 1, preserve_range=True)
+    mask = resize(patch.mask.astype(np.float32), shape, order=0, anti_aliasing=False) > 0.5
+    if not mask.any():
+        mask[shape[0] // 2, shape[1] // 2] = True
+    return dataclasses.replace(patch, image=image.astype(np.float32), mask=mask.astype(np.uint8),
+                               meta={**patch.meta, "resized_from": [h, w]})

@@ -1,0 +1,376 @@
+"""Training loop: AdamW, EMA, gradient clipping, AMP, loss-aware timestep sampling, DDP, exact resume.
+
+Reproducibility: every random draw of training (data order, timesteps, noise) comes from
+``seed`` — the data order is a pure function of (seed, epoch), timesteps and noise come from one
+CPU ``torch.Generator`` drawn for the *global* batch on every rank (each rank keeps its slice),
+so a run with N processes sees exactly the batches of a single process with the same global
+batch, and a resumed run (generator + torch RNG states restored from config.json) continues the
+uninterrupted loss curve bit for bit.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm.auto import tqdm
+
+from mcfast.atomic import atomic_path, write_text
+from mcfast.diffusion.gaussian import GaussianDiffusion, create_diffusion
+from mcfast.diffusion.samplers import sample
+from mcfast.errors import CheckpointError, InputError
+from mcfast.train import checkpoint as ckpt
+from mcfast.train.ddp import DistInfo, all_gather_cat, barrier, current_dist_info
+from mcfast.train.timesteps import create_timestep_sampler
+
+LOG_FILE = "log.jsonl"
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass
+class TrainConfig:
+    """Training hyper-parameters (saved in config.json under "train")."""
+    batch_size: int = 8            # global batch, split evenly over DDP ranks
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    ema_rate: float = 0.9999
+    grad_clip: float = 1.0         # max gradient norm; 0 disables clipping
+    max_steps: int = 10000
+    save_every: int = 1000
+    sample_every: int = 1000       # 0 disables the sample grids
+    sample_n: int = 16
+    sample_steps: int = 50         # respaced DDPM steps for the preview grids
+    log_every: int = 10
+    seed: int = 0
+    precision: str = "auto"        # auto: bf16 on CUDA (fp16 without bf16 support), fp32 on CPU
+    timestep_sampler: str = "uniform"   # or "loss-second-moment" (importance sampling)
+    importance_history: int = 10
+    num_workers: int = 0
+    channels_last: bool = False
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """Concrete precision for ``device`` ("auto" → bf16/fp16 on CUDA, fp32 on CPU)."""
+    if precision not in PRECISIONS:
+        raise InputError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        if device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "fp32"
+    if precision == "fp16" and device.type != "cuda":
+        raise InputError("precision 'fp16' needs a CUDA device; use bf16 or fp32 on CPU")
+    return precision
+
+
+def epoch_permutation(n: int, seed: int, epoch: int) -> Tensor:
+    """The data order of one epoch: a pure function of (seed, epoch), so resuming needs no sampler state."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g)
+
+
+def global_batch_indices(n: int, batch_size: int, seed: int, step: int) -> list[int]:
+    """Dataset indices of the global batch of ``step`` (positions step·B … step·B+B−1 across epochs)."""
+    out: list[int] = []
+    pos = step * batch_size
+    while len(out) < batch_size:
+        epoch, offset = divmod(pos, n)
+        perm = epoch_permutation(n, seed, epoch)
+        take = min(batch_size - len(out), n - offset)
+        out.extend(perm[offset:offset + take].tolist())
+        pos += take
+    return out
+
+
+class StepBatchSampler(Sampler[list[int]]):
+    """Yields this rank's slice of every global batch from ``start_step`` to ``max_steps``."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, start_step: int, max_steps: int, info: DistInfo):
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.start_step, self.max_steps, self.info = start_step, max_steps, info
+        self.local = batch_size // info.world_size
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for step in range(self.start_step, self.max_steps):
+            idx = global_batch_indices(self.n, self.batch_size, self.seed, step)
+            r = self.info.rank
+            yield idx[r * self.local:(r + 1) * self.local]
+
+    def __len__(self) -> int:
+        return max(0, self.max_steps - self.start_step)
+
+
+def image_grid(images: Tensor) -> np.ndarray:
+    """Tile (N, 1, H, W) model-space images into one uint8 grid (as square as possible)."""
+    n, _, h, w = images.shape
+    cols = math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    grid = np.zeros((rows * h, cols * w), dtype=np.uint8)
+    pixels = ((images[:, 0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
+    for k in range(n):
+        r, c = divmod(k, cols)
+        grid[r * h:(r + 1) * h, c * w:(c + 1) * w] = pixels[k]
+    return grid
+
+
+class Trainer:
+    """Train ``model`` (a UNetModel) on ``dataset`` (items: (C, H, W) float tensors in [-1, 1]) into ``out_dir``.
+
+    ``diffusion_kwargs`` are the :func:`create_diffusion` settings of ``diffusion`` (saved in the
+    run's config.json). With ``resume=True`` the state in ``out_dir`` is loaded and training
+    continues exactly; without it an existing run in ``out_dir`` is an error (never overwritten).
+    """
+
+    def __init__(self, model: nn.Module, diffusion: GaussianDiffusion, dataset: Dataset, out_dir: str | Path,
+                 config: TrainConfig, *, diffusion_kwargs: dict[str, Any], data_info: dict[str, Any] | None = None,
+                 device: str | torch.device | None = None, resume: bool = False, progress: bool = True,
+                 dist_info: DistInfo | None = None):
+        self.config = config
+        self.out_dir = Path(out_dir)
+        self.info = dist_info or current_dist_info()
+        self.device = torch.device(device) if device is not None else (
+            torch.device("cuda", self.info.local_rank) if torch.cuda.is_available() else torch.device("cpu"))
+        self.precision = resolve_precision(config.precision, self.device)
+        self.diffusion = diffusion
+        self.diffusion_kwargs = dict(diffusion_kwargs)
+        self.dataset = dataset
+        self.progress = progress
+        self._check_settings(model)
+        self.data_info = dict(data_info or {})
+        self.data_info.setdefault("image_size", int(model.model_config()["image_size"]))
+
+        self.model = model.to(self.device)
+        if config.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.ema_model = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
+        self.timestep_sampler = create_timestep_sampler(
+            config.timestep_sampler, diffusion.num_timesteps,
+            **({"history_per_term": config.importance_history} if config.timestep_sampler != "uniform" else {}))
+        self.generator = torch.Generator().manual_seed(config.seed)
+        # Dropout draws from torch's global RNG: seed it per rank so runs repeat (saved on checkpoints).
+        torch.manual_seed(config.seed * 7919 + self.info.rank)
+        self.step = 0
+        if resume:
+            self._resume()
+        elif (self.out_dir / ckpt.CONFIG_FILE).exists():
+            raise InputError(f"{self.out_dir}: already holds a run (config.json); pass --resume to continue it "
+                             f"or choose another --out")
+        self.ddp_model: nn.Module = self.model
+        if self.info.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+            self.ddp_model = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
+    # -- set-up -----------------------------------------------------------------------------
+    def _check_settings(self, model: nn.Module) -> None:
+        c = self.config
+        if c.batch_size < 1 or c.batch_size % self.info.world_size != 0:
+            raise InputError(f"batch size {c.batch_size} must be a positive multiple of the {self.info.world_size} "
+                             f"processes")
+        if len(self.dataset) == 0:
+            raise InputError("the training dataset is empty")
+        if not hasattr(model, "model_config"):
+            raise InputError("the model must provide model_config() (use mcfast.models.UNetModel)")
+        mc = model.model_config()
+        first = self.dataset[0]
+        expected = (mc["in_channels"], mc["image_size"], mc["image_size"])
+        if tuple(first.shape) != expected:
+            raise InputError(f"dataset images have shape {tuple(first.shape)}, the model expects {expected}")
+        if c.max_steps < 0 or c.save_every < 1 or c.log_every < 1:
+            raise InputError("max_steps must be >= 0 and save_every, log_every >= 1")
+
+    def _run_config(self) -> dict[str, Any]:
+        rng: dict[str, Any] = {"generator": self.generator.get_state().tolist(),
+                               "torch": torch.get_rng_state().tolist()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device).tolist()
+        from mcfast import __version__
+        return {"model": self.model.model_config(), "diffusion": self.diffusion_kwargs, "data": self.data_info,
+                "train": asdict(self.config), "step": self.step, "rng": rng,
+                "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+                "world_size": self.info.world_size, "mcfast_version": __version__}
+
+    def _resume(self) -> None:
+        config, weights, opt_tensors = ckpt.load_checkpoint(self.out_dir)
+        source = self.out_dir / ckpt.MODEL_FILE
+        if config["model"] != self.model.model_config():
+            raise CheckpointError(f"{self.out_dir / ckpt.CONFIG_FILE}: model settings {config['model']} differ from "
+                                  f"the model being trained")
+        if config["diffusion"] != self.diffusion_kwargs:
+            raise CheckpointError(f"{self.out_dir / ckpt.CONFIG_FILE}: diffusion settings {config['diffusion']} "
+                                  f"differ from {self.diffusion_kwargs}")
+        ckpt.load_state_strict(self.model, ckpt.split_prefix(weights, "model"), source)
+        ckpt.load_state_strict(self.ema_model, ckpt.split_prefix(weights, "ema"), source)
+        try:
+            groups = config["optimizer"]["param_groups"]
+            self.optimizer.load_state_dict(ckpt.unflatten_optimizer_state(opt_tensors, groups))
+            rng = config["rng"]
+            self.generator.set_state(torch.tensor(rng["generator"], dtype=torch.uint8))
+            torch.set_rng_state(torch.tensor(rng["torch"], dtype=torch.uint8))
+            if self.device.type == "cuda" and "cuda" in rng:
+                torch.cuda.set_rng_state(torch.tensor(rng["cuda"], dtype=torch.uint8), self.device)
+        except (KeyError, ValueError, RuntimeError, TypeError) as exc:
+            raise CheckpointError(f"{self.out_dir / ckpt.OPTIMIZER_FILE}: optimizer or RNG state does not fit "
+                                  f"this run ({exc})") from None
+        for group in self.optimizer.param_groups:  # the new run's lr wins (allows changing it on resume)
+            group["lr"] = self.config.lr
+        self.timestep_sampler.load_state_tensors(ckpt.split_prefix(opt_tensors, "extra.sampler"))
+        if self.scaler is not None and config.get("scaler"):
+            self.scaler.load_state_dict(config["scaler"])
+        self.step = int(config["step"])
+        if self.info.is_main:
+            self._truncate_log(self.step)
+
+    def _truncate_log(self, step: int) -> None:
+        """Drop log lines written after the checkpoint (an interrupted run may have gone further)."""
+        path = self.out_dir / LOG_FILE
+        if not path.exists():
+            return
+        kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+        write_text(path, "".join(line + "\n" for line in kept))
+
+    # -- one step ---------------------------------------------------------------------------
+    def local_batch(self, step: int) -> Tensor:
+        """This rank's images for ``step`` (used when not iterating a DataLoader)."""
+        idx = global_batch_indices(len(self.dataset), self.config.batch_size, self.config.seed, step)
+        local = self.config.batch_size // self.info.world_size
+        idx = idx[self.info.rank * local:(self.info.rank + 1) * local]
+        return torch.stack([self.dataset[i] for i in idx])
+
+    def _model_fn(self, x: Tensor, t: Tensor) -> Tensor:
+        if self.config.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if self.precision in ("bf16", "fp16"):
+            dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+            with torch.autocast(self.device.type, dtype=dtype):
+                return self.ddp_model(x, t)
+        return self.ddp_model(x, t)
+
+    def forward_backward(self, x0_local: Tensor) -> dict[str, float]:
+        """Draw t and noise for the global batch, compute this rank's weighted loss and backpropagate.
+
+        Gradients end up averaged over ranks (DDP), i.e. equal to the single-process gradient of the
+        global batch. Returns global mean loss terms for logging.
+        """
+        B = self.config.batch_size
+        local = B // self.info.world_size
+        t_all, w_all = self.timestep_sampler.sample(B, self.generator)
+        noise_all = torch.randn((B,) + tuple(x0_local.shape[1:]), generator=self.generator)
+        sl = slice(self.info.rank * local, (self.info.rank + 1) * local)
+        x0 = x0_local.to(self.device, non_blocking=True)
+        t, w, noise = (v[sl].to(self.device) for v in (t_all, w_all, noise_all))
+        self.optimizer.zero_grad(set_to_none=True)
+        losses = self.diffusion.training_losses(self._model_fn, x0, t, noise=noise)
+        loss = (losses["loss"] * w).mean()
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+        else:
+            loss.backward()
+        terms = torch.stack([losses["loss"], losses["mse"], losses["vb"]], dim=1).detach().float()
+        terms = all_gather_cat(terms, self.info).cpu()
+        self.timestep_sampler.update(t_all, terms[:, 0])
+        mean = terms.mean(dim=0)
+        return {"loss": float(mean[0]), "mse": float(mean[1]), "vb": float(mean[2])}
+
+    def optimizer_step(self) -> float:
+        """Clip, step, update EMA; returns the gradient norm before clipping."""
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        max_norm = self.config.grad_clip if self.config.grad_clip > 0 else float("inf")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.step += 1
+        self._update_ema()
+        return grad_norm
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        # Warm-up (1+n)/(10+n) keeps the EMA useful in short runs; it reaches ema_rate later.
+        rate = min(self.config.ema_rate, (1 + self.step) / (10 + self.step))
+        ema = list(self.ema_model.parameters())
+        raw = list(self.model.parameters())
+        torch._foreach_lerp_(ema, raw, 1.0 - rate)
+
+    # -- loop -------------------------------------------------------------------------------
+    def train(self) -> list[dict[str, float]]:
+        """Train until ``max_steps``; returns the logged records of this call."""
+        c = self.config
+        records: list[dict[str, float]] = []
+        if self.step >= c.max_steps:
+            return records
+        sampler = StepBatchSampler(len(self.dataset), c.batch_size, c.seed, self.step, c.max_steps, self.info)
+        loader = DataLoader(self.dataset, batch_sampler=sampler, num_workers=c.num_workers,
+                            pin_memory=self.device.type == "cuda", persistent_workers=False)
+        self.model.train()
+        bar = tqdm(total=c.max_steps, initial=self.step, desc="train", unit="step",
+                   disable=not (self.progress and self.info.is_main), dynamic_ncols=True)
+        started = time.perf_counter()
+        try:
+            for x0 in loader:
+                terms = self.forward_backward(x0)
+                terms["grad_norm"] = self.optimizer_step()
+                bar.update(1)
+                bar.set_postfix(loss=f"{terms['loss']:.4f}")
+                if self.step % c.log_every == 0 or self.step == c.max_steps:
+                    record = {"step": self.step, **terms, "lr": self.optimizer.param_groups[0]["lr"],
+                              "elapsed_s": round(time.perf_counter() - started, 3)}
+                    records.append(record)
+                    if self.info.is_main:
+                        self._append_log(record)
+                if c.sample_every and self.step % c.sample_every == 0 and self.info.is_main:
+                    self.save_sample_grid()
+                if self.step % c.save_every == 0 or self.step == c.max_steps:
+                    self.save()
+        finally:
+            bar.close()
+        return records
+
+    def _append_log(self, record: dict) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.out_dir / LOG_FILE, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def save(self) -> None:
+        """Write the checkpoint (rank 0) and wait for it on all ranks."""
+        if self.info.is_main:
+            ckpt.save_checkpoint(self.out_dir, model_state=self.model.state_dict(),
+                                 ema_state=self.ema_model.state_dict(), optimizer_state=self.optimizer.state_dict(),
+                                 config=self._run_config(),
+                                 extra_tensors={f"sampler.{k}": v for k, v in
+                                                self.timestep_sampler.state_tensors().items()})
+        barrier(self.info)
+
+    @torch.no_grad()
+    def save_sample_grid(self) -> Path:
+        """Sample ``sample_n`` images from the EMA model (fixed seed) into samples/step_NNNNNNN.png."""
+        from PIL import Image
+
+        c = self.config
+        kwargs = dict(self.diffusion_kwargs, respacing=str(min(c.sample_steps, self.diffusion.num_timesteps)))
+        diffusion = create_diffusion(**kwargs)
+        size = self.model.model_config()["image_size"]
+        images = sample(self.ema_model, diffusion, (c.sample_n, 1, size, size), method="ddpm",
+                        generator=torch.Generator().manual_seed(c.seed), progress=False, device=self.device)
+        path = self.out_dir / "samples" / f"step_{self.step:07d}.png"
+        with atomic_path(path) as tmp:
+            Image.fromarray(image_grid(images)).save(tmp, format="PNG")
+        return path

@@ -1,0 +1,139 @@
+"""Lung and breast phantoms: determinism, HU plausibility, geometry, speed."""
+import time
+
+import numpy as np
+import pytest
+from scipy import ndimage
+from skimage.draw import polygon
+
+from mcfast.anatomy import (breast_phantom, breast_phantom_labels, breast_phantom_with_mask, lung_phantom,
+                            lung_phantom_labels)
+from mcfast.anatomy.phantom import _ellipse_ctrl, _fill, closed_bspline
+from mcfast.errors import InputError
+
+
+def _core(mask, it=2):
+    return ndimage.binary_erosion(mask, iterations=it)
+
+
+def test_closed_bspline_is_closed_and_smooth():
+    angles = np.linspace(0, 2 * np.pi, 12, endpoint=False)
+    ctrl = np.stack([np.cos(angles), np.sin(angles)], axis=1)
+    pts = closed_bspline(ctrl, samples_per_segment=20)
+    r = np.hypot(pts[:, 0], pts[:, 1])
+    # a cubic B-spline of a regular 12-gon hugs the circle just inside the polygon
+    assert 0.95 < r.min() and r.max() <= 1.0
+    step = np.diff(np.vstack([pts, pts[:1]]), axis=0)
+    seg = np.hypot(step[:, 0], step[:, 1])
+    assert seg.max() < 2.0 * seg.min()  # closing step is as short as the others: the curve is closed
+
+
+def test_scanline_fill_matches_skimage_polygon():
+    rng = np.random.default_rng(1)
+    for _ in range(10):
+        curve = closed_bspline(_ellipse_ctrl(rng, 9, *rng.uniform(-0.6, 0.6, 2), *rng.uniform(0.05, 0.9, 2), 0.3))
+        size = int(rng.integers(17, 90))
+        x = (curve[:, 0] + 1) * 0.5 * size - 0.5
+        y = (curve[:, 1] + 1) * 0.5 * size - 0.5
+        ref = np.zeros((size, size), dtype=bool)
+        rr, cc = polygon(y, x, ref.shape)
+        ref[rr, cc] = True
+        np.testing.assert_array_equal(_fill(curve, size), ref)
+
+
+def test_lung_phantom_deterministic_and_seed_dependent():
+    a, b, c = lung_phantom(64, seed=3), lung_phantom(64, seed=3), lung_phantom(64, seed=4)
+    assert a.dtype == np.float32 and a.shape == (64, 64)
+    np.testing.assert_array_equal(a, b)
+    assert np.abs(a - c).mean() > 20.0
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 7])
+def test_lung_phantom_hu_plausible(seed):
+    hu, lab = lung_phantom_labels(128, seed=seed)
+    assert -950 <= hu[lab["lung"]].mean() <= -750
+    assert 0 <= np.median(hu[_core(lab["heart"])]) <= 80
+    assert 0 <= np.median(hu[_core(lab["muscle"], 1)]) <= 80
+    assert -150 <= np.median(hu[_core(lab["fat"], 1)]) <= -50
+    assert np.median(hu[lab["bone"]]) >= 300
+    assert abs(np.median(hu[_core(lab["air"], 3)]) + 1000) < 15
+    assert hu.min() >= -1024 and hu.max() <= 3071
+    lungs, n = ndimage.label(lab["lung"])
+    assert n == 2 and (lab["lung"] <= lab["body"]).all()
+
+
+def test_lung_phantom_noise_and_options():
+    quiet, lab = lung_phantom_labels(128, seed=5, noise_hu=0)
+    noisy = lung_phantom(128, seed=5, noise_hu=30)
+    air = _core(lab["air"], 3)
+    assert quiet[air].std() < 2.0
+    assert 20 < noisy[air].std() < 40
+    with_heart = lung_phantom_labels(128, seed=5)[1]["lung"].sum()
+    without_heart = lung_phantom_labels(128, seed=5, heart=False)[1]["lung"].sum()
+    assert without_heart > with_heart  # the heart no longer pushes the left lung aside
+    plain, lab = lung_phantom_labels(128, seed=5, vessels=False, noise_hu=0)
+    assert quiet[lab["lung"]].mean() > plain[lab["lung"]].mean() + 10  # vessels are denser than parenchyma
+    spineless, lab2 = lung_phantom_labels(128, seed=5, spine=False, noise_hu=0)
+    assert (spineless > 350).sum() < (quiet > 350).sum()
+    # switching organs off leaves the rest of the seed's anatomy (and its noise) unchanged
+    heartless, lab3 = lung_phantom_labels(128, seed=5, heart=False, noise_hu=0)
+    np.testing.assert_array_equal(lab3["body"], lab["body"])
+    np.testing.assert_array_equal(lab2["fat"] & ~lab["bone"], lab["fat"])  # only the spine is gone
+    np.testing.assert_array_equal(heartless[lab["air"]], quiet[lab["air"]])
+    np.testing.assert_array_equal(lung_phantom(128, seed=5, vessels=False)[lab["air"]],
+                                  lung_phantom(128, seed=5)[lab["air"]])
+
+
+def test_lung_phantom_same_anatomy_at_any_size():
+    small = lung_phantom_labels(64, seed=9)[1]["lung"]
+    big = lung_phantom_labels(256, seed=9)[1]["lung"]
+    down = big.reshape(64, 4, 64, 4).mean(axis=(1, 3)) > 0.5
+    assert (down & small).sum() / (down | small).sum() > 0.85
+
+
+@pytest.mark.parametrize("bad", [0, 8, 10_000, 64.5, True])
+def test_phantom_size_validation(bad):
+    with pytest.raises(InputError):
+        lung_phantom(bad)
+    with pytest.raises(InputError):
+        breast_phantom(bad)
+
+
+def test_lung_phantom_rejects_bad_noise():
+    with pytest.raises(InputError, match="noise_hu"):
+        lung_phantom(32, noise_hu=-1)
+
+
+def test_breast_phantom_deterministic_range_and_layout():
+    a, mask = breast_phantom_with_mask(128, seed=2)
+    np.testing.assert_array_equal(a, breast_phantom(128, seed=2))
+    assert np.abs(a - breast_phantom(128, seed=3)).mean() > 0.02
+    assert a.dtype == np.float32 and a.shape == (128, 128) and 0.0 <= a.min() and a.max() <= 1.0
+    assert a[~ndimage.binary_dilation(mask, iterations=2)].mean() < 0.06  # dark background
+    assert a[_core(mask, 4)].mean() > 0.3
+    assert mask[:, 0].mean() > 0.6 and not mask[:, -1].any()  # chest wall on the left, nipple to the right
+    assert a[:8, :8].mean() > np.median(a[mask])  # bright pectoral muscle in the upper-left corner
+    _, lab = breast_phantom_labels(128, seed=2)
+    assert lab["pectoral"][0, 0] and not lab["tissue"][0, 0]
+    np.testing.assert_array_equal(lab["tissue"] | lab["pectoral"], mask)
+    assert a[_core(lab["pectoral"])].mean() > a[_core(lab["tissue"])].mean()
+
+
+def test_breast_phantom_density_varies_between_seeds():
+    means = [breast_phantom_with_mask(64, s)[0][breast_phantom_with_mask(64, s)[1]].mean() for s in range(8)]
+    assert np.ptp(means) > 0.05
+
+
+def test_phantoms_are_fast():
+    lung_phantom(256, seed=0)
+    breast_phantom(256, seed=0)  # warm-up
+    t = time.process_time()
+    for s in range(3):
+        lung_phantom(256, seed=s)
+    lung_t = (time.process_time() - t) / 3
+    t = time.process_time()
+    for s in range(3):
+        breast_phantom(256, seed=s)
+    breast_t = (time.process_time() - t) / 3
+    # CPU time (not wall time: CI machines are shared); measured ~22 ms and ~17 ms, target <= 50 ms
+    assert lung_t < 0.1 and breast_t < 0.1, (lung_t, breast_t)

@@ -1,0 +1,147 @@
+"""The synthesis pipeline: recipes, item plans, outputs, COCO, DICOM, resume and determinism."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+import torch
+
+from mcfast.errors import InputError
+from mcfast.io.coco import annotation_mask, read_coco
+from mcfast.synthesis.plan import plan_item
+from mcfast.synthesis.recipe import load_recipe, recipe_from_dict
+from synthesis_helpers import make_tiny_run
+
+CONFIGS = Path(__file__).resolve().parents[1] / "mcfast" / "configs"
+
+
+def _recipe(modality: str = "ct", **sampler):
+    r = load_recipe(CONFIGS / f"demo_{modality}.toml")
+    r.sampler.steps = "5"
+    r.sampler.batch_size = 2
+    r.image_size = 64
+    for k, v in sampler.items():
+        setattr(r.sampler, k, v)
+    return r
+
+
+@pytest.fixture(scope="module")
+def ct_run(tmp_path_factory):
+    return make_tiny_run(tmp_path_factory.mktemp("run") / "ct", 64, "ct")
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"recipe": {"modality": "pet"}}, "recipe.modality"),
+    ({"anatomy": {"factor": 3}}, "does not divide image_size"),
+    ({"anatomy": {"stop_step": 1200}}, "outside [0, 1000]"),
+    ({"pathology": [{"count": [3, 1]}]}, "min > max"),
+    ({"sampler": {"method": "euler"}}, "sampler.method"),
+    ({"anatomy": {"source": "file"}}, "needs anatomy.path"),
+    ({"recipe": {"colour": 1}}, "unknown key"),
+    ({"extra": {}}, "unknown section"),
+])
+def test_recipe_errors_name_the_key(data, message):
+    with pytest.raises(InputError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        recipe_from_dict(data, source="r.toml")
+
+
+def test_bad_toml_names_the_file(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[recipe\nmodality = 'ct'")
+    with pytest.raises(InputError, match="bad.toml: not a valid TOML"):
+        load_recipe(bad)
+
+
+@pytest.mark.parametrize("modality", ["ct", "mg"])
+def test_plan_is_deterministic_and_lesions_lie_in_tissue(modality):
+    r = _recipe(modality)
+    a, b = plan_item(r, 3), plan_item(r, 3)
+    assert a.seed == b.seed and np.array_equal(a.anatomy.values, b.anatomy.values)
+    assert [l.box for l in a.lesions] == [l.box for l in b.lesions]
+    assert plan_item(r, 4).seed != a.seed
+    assert 1 <= len(a.lesions) <= 3
+    for lesion in a.lesions:
+        inside = (lesion.mask > 0) & a.anatomy.tissue
+        assert inside.sum() >= 0.9 * lesion.mask.sum() - 1e-9
+        rows, cols = np.nonzero(lesion.mask)
+        assert lesion.box == (cols.min(), rows.min(), cols.max() - cols.min() + 1, rows.max() - rows.min() + 1)
+    # the anatomy guides the whole image, each lesion only inside its patch square
+    assert a.conditions[0].is_full
+    for cond, lesion in zip(a.conditions[1:], a.lesions):
+        x, y, w, h = lesion.patch_box
+        weight = cond.weight.numpy()
+        outside = np.ones_like(weight, dtype=bool)
+        outside[y:y + h, x:x + w] = False
+        assert weight[outside].max() == 0 and weight.max() > 0.9
+
+
+def test_pipeline_writes_consistent_outputs_and_resumes(tmp_path, ct_run):
+    from mcfast.synthesis.pipeline import synthesize
+
+    r = _recipe("ct")
+    out = tmp_path / "out"
+    res = synthesize(ct_run, r, 3, out, progress=False)
+    assert (res.written, res.skipped) == (3, 0)
+    coco = read_coco(out / "coco.json")
+    assert len(coco["images"]) == 3 and coco["annotations"]
+    for img in coco["images"]:
+        folder = out / img["file_name"].split("/")[0]
+        for name in ("image.npy", "image_hu.npy", "lung.png", "soft_tissue.png", "bone.png", "mask.png",
+                     "labels.npy", "overlay.png", "image.dcm", "seg.dcm", "meta.json"):
+            assert (folder / name).is_file(), name
+        labels = np.load(folder / "labels.npy")
+        anns = [a for a in coco["annotations"] if a["image_id"] == img["id"]]
+        assert len(anns) == labels.max()
+        for ann in anns:
+            mask = annotation_mask(ann, img["height"], img["width"])
+            rows, cols = np.nonzero(mask)
+            assert ann["bbox"] == [cols.min(), rows.min(), cols.max() - cols.min() + 1, rows.max() - rows.min() + 1]
+            assert mask.any() and (labels[mask > 0] > 0).all()
+        ds = pydicom.dcmread(folder / "image.dcm")
+        assert "DERIVED" in ds.ImageType and ds.PatientIdentityRemoved == "YES"
+        hu = np.load(folder / "image_hu.npy")
+        assert np.abs(ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept) - hu).max() <= 1.0
+    provenance = json.loads((out / "provenance.json").read_text())
+    assert provenance["n"] == 3 and len(provenance["checkpoint_sha256"]) == 64
+    before = (out / "000001" / "image.npy").stat().st_mtime_ns
+    again = synthesize(ct_run, r, 3, out, progress=False)
+    assert (again.written, again.skipped) == (0, 3)
+    assert (out / "000001" / "image.npy").stat().st_mtime_ns == before
+    r.seed = 99
+    with pytest.raises(InputError, match="different recipe"):
+        synthesize(ct_run, r, 3, out, progress=False)
+
+
+def test_same_seed_same_image(tmp_path, ct_run):
+    from mcfast.synthesis.pipeline import synthesize
+
+    r = _recipe("ct", backend="reference")
+    synthesize(ct_run, r, 2, tmp_path / "a", progress=False)
+    synthesize(ct_run, r, 2, tmp_path / "b", progress=False)
+    for k in ("000000", "000001"):
+        assert np.array_equal(np.load(tmp_path / "a" / k / "image.npy"), np.load(tmp_path / "b" / k / "image.npy"))
+
+
+def test_model_and_recipe_must_agree(tmp_path, ct_run):
+    from mcfast.synthesis.pipeline import synthesize
+
+    with pytest.raises(InputError, match="trained on 'ct'"):
+        synthesize(ct_run, _recipe("mg"), 1, tmp_path / "x", progress=False)
+    r = _recipe("ct")
+    r.image_size = 32
+    with pytest.raises(InputError, match="trained at 64x64"):
+        synthesize(ct_run, r, 1, tmp_path / "y", progress=False)
+
+
+def test_cli_synthesize(tmp_path, ct_run, capsys):
+    from mcfast.cli import main
+
+    code = main(["synthesize", "--ckpt", str(ct_run), "--recipe", str(CONFIGS / "demo_ct.toml"), "--n", "1",
+                 "--steps", "4", "--out", str(tmp_path / "o"), "--no-progress"])
+    assert code == 0 and "wrote 1 images" in capsys.readouterr().out
+    assert main(["synthesize", "--ckpt", str(ct_run), "--recipe", str(tmp_path / "none.toml"), "--out",
+                 str(tmp_path / "o2")]) == 2
+    assert "none.toml: recipe file not found" in capsys.readouterr().err
