@@ -182,16 +182,23 @@ def test_guided_step(benchmark, bench_results, B, size, M):
 
 @torch.no_grad()
 def test_generator_throughput(benchmark, bench_results):
+    """Philox normals vs torch.randn, at THREADS and at every core (the in-kernel generator is parallel,
+    torch.randn's CPU generator is sequential)."""
     n = 1 << 22
     out = torch.empty(n)
-    t_randn = _timeit(lambda: torch.randn(n, out=out))
     benchmark.pedantic(lambda: torch.ops.mcfast.philox_normal_(out, 1, 2, 0, 0), rounds=10, warmup_rounds=1)
-    t_philox = benchmark.stats.stats.median
-    res = {"philox_Msamples_per_s": n / t_philox / 1e6, "randn_Msamples_per_s": n / t_randn / 1e6,
-           "ratio": t_randn / t_philox}
-    bench_results.record("philox_normal", benchmark, config={"n": n, "threads": THREADS}, extra=res)
-    _TABLE.append(f"generator: philox {res['philox_Msamples_per_s']:.0f} M/s, torch.randn "
-                  f"{res['randn_Msamples_per_s']:.0f} M/s ({res['ratio']:.2f}x)")
+    res = {}
+    for threads in sorted({THREADS, os.cpu_count() or 1}):
+        torch.set_num_threads(threads)
+        t_randn = _timeit(lambda: torch.randn(n, out=out))
+        t_philox = _timeit(lambda: torch.ops.mcfast.philox_normal_(out, 1, 2, 0, 0))
+        res[f"philox_Msamples_per_s_{threads}t"] = n / t_philox / 1e6
+        res[f"randn_Msamples_per_s_{threads}t"] = n / t_randn / 1e6
+        res[f"ratio_{threads}t"] = t_randn / t_philox
+        _TABLE.append(f"generator, {threads} thread(s): philox {n / t_philox / 1e6:.0f} M/s, torch.randn "
+                      f"{n / t_randn / 1e6:.0f} M/s ({t_randn / t_philox:.2f}x)")
+    torch.set_num_threads(THREADS)
+    bench_results.record("philox_normal", benchmark, config={"n": n}, extra=res)
 
 
 @torch.no_grad()

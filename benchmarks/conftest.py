@@ -7,7 +7,7 @@ Use in a benchmark::
         bench_results.record("something", benchmark, config={"size": 64}, extra={"ratio": 1.7})
 
 At the end of the session every module's records go to ``benchmarks/results/<module>.json``
-(atomically), together with the machine (CPU, cores, GPU, torch / CUDA versions, threads).
+(atomically, rewritten after every record), together with the machine (CPU, cores, GPU, torch / CUDA versions, threads).
 """
 from __future__ import annotations
 
@@ -80,14 +80,16 @@ class BenchResults:
         rec = {"name": name, **(config or {}), **(benchmark_stats(benchmark) if benchmark is not None else {}),
                **(extra or {})}
         self.records[module].append(rec)
+        self.write([module])  # after every record, so an interrupted session keeps what it measured
         return rec
 
-    def write(self) -> list[Path]:
+    def write(self, modules: list[str] | None = None) -> list[Path]:
         from mcfast.atomic import write_text
 
         written = []
         machine = machine_info()
-        for module, recs in self.records.items():
+        for module in modules if modules is not None else list(self.records):
+            recs = self.records[module]
             path = RESULTS_DIR / f"{module}.json"
             doc = {"module": module, "started": self.started,
                    "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

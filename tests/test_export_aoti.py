@@ -9,12 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from mcfast.errors import InputError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_export_torchscript import BATCH, SIZE, STEPS, eager_and_inputs, make_run  # noqa: E402
+from test_export_torchscript import BATCH, SIZE, STEPS, eager_and_inputs, make_run, one_thread  # noqa: E402,F401
 
 pytestmark = pytest.mark.slow
 

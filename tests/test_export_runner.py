@@ -17,7 +17,8 @@ import torch
 from mcfast.export import export_torchscript, load_sampler, pack_conditions, save_inputs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_export_torchscript import BATCH, SIZE, STEPS, eager_and_inputs, make_conditions, make_run  # noqa: E402
+from test_export_torchscript import (BATCH, SIZE, STEPS, eager_and_inputs, make_conditions, make_run,  # noqa: E402
+                                     one_thread)  # noqa: F401  (autouse: one torch thread)
 
 REPO = Path(__file__).resolve().parents[1]
 BUILD = REPO / "build" / "cmake-export"
@@ -89,7 +90,7 @@ def test_runner_seed_matches_python_seed(runner, exported, tmp_path):
     inputs = pack_conditions(make_conditions(), BATCH, SIZE)
     save_inputs(tmp_path / "in.safetensors", inputs)
     proc = run_runner(runner, "--sampler", str(sampler_path), "--conditions", str(tmp_path / "in.safetensors"),
-                      "--out", str(tmp_path / "out.npy"), "--seed", "9")
+                      "--out", str(tmp_path / "out.npy"), "--seed", "9", "--threads", "1")
     assert proc.returncode == 0, proc.stderr
     expected = load_sampler(sampler_path)(**inputs, seed=9).numpy()
     assert np.abs(np.load(tmp_path / "out.npy") - expected).max() <= 1e-4

@@ -15,10 +15,9 @@ import torch
 
 from mcfast.diffusion import create_diffusion, sample
 from mcfast.errors import CheckpointError, InputError, McfastError
-from mcfast.export import (build_sampler, export_torchscript, load_sampler, pack_conditions, save_inputs,
+from mcfast.export import (export_torchscript, load_sampler, pack_conditions, save_inputs,
                            script_sampler)
 from mcfast.export import jit_compat
-from mcfast.export.opsampler import ops_loaded
 from mcfast.guidance.conditions import Condition
 from mcfast.guidance.ilvr import ILVRGuidance, _condition_seed
 from mcfast.models.unet import UNetModel
@@ -92,6 +91,15 @@ def eager_and_inputs(run: Path, method: str, eta: float, seed: int = 11):
     return out, inputs
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models: one thread is as fast and does not oversubscribe the shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
     return make_run(tmp_path_factory.mktemp("export"))
@@ -127,6 +135,18 @@ def test_seeded_runs_are_reproducible_and_seed_dependent(run_dir):
     assert torch.equal(a, sampler(**inputs, seed=4))  # eager module == scripted module
 
 
+@pytest.mark.skipif(not have_ops(), reason="mcfast ops library not built")
+def test_ops_sampler_draws_the_noise_that_is_not_given(run_dir):
+    from mcfast.export.build import sampler_from_run
+    scripted = script_sampler(sampler_from_run(run_dir, STEPS, ops="require")[0])
+    _, full = eager_and_inputs(run_dir, "ddpm", 0.0)
+    partial = {k: v for k, v in full.items() if k != "cond_noise"}
+    a, b = scripted(**partial, seed=1), scripted(**partial, seed=1)
+    assert torch.equal(a, b)
+    assert (a - scripted(**partial, seed=2)).abs().max() > 1e-3  # the missing ε comes from the seed
+    assert (a - scripted(**full)).abs().max() > 1e-3
+
+
 def test_saved_sampler_runs_with_torch_only(run_dir, tmp_path):
     """Load in a subprocess whose sys.path has no mcfast: torch + the ops library only."""
     ops = "auto" if have_ops() else "off"
@@ -152,6 +172,7 @@ def test_saved_sampler_runs_with_torch_only(run_dir, tmp_path):
         np.save({str(tmp_path / 'out.npy')!r}, out.numpy())
     """)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["OMP_NUM_THREADS"] = "1"
     proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
@@ -165,6 +186,22 @@ def test_missing_ops_library_gives_clear_error(run_dir, tmp_path):
     proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and "Segmentation" not in proc.stderr
     assert "mcfast::guided_step" in proc.stderr  # torch names the unknown op
+    # mcfast's loader, with the library unavailable, says what is missing and how to load it.
+    script = textwrap.dedent(f"""
+        import mcfast.ops
+        from mcfast.errors import McfastError, InputError
+        def unavailable():
+            raise McfastError("not built")
+        mcfast.ops.load = unavailable
+        from mcfast.export import load_sampler
+        try:
+            load_sampler({str(path)!r})
+        except InputError as exc:
+            print(exc)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "torch.ops.mcfast ops that are not registered" in proc.stdout and "library_path()" in proc.stdout
 
 
 def test_scripted_checks_reject_bad_conditions(run_dir):

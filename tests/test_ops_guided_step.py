@@ -128,3 +128,26 @@ def test_compile_fullgraph_sampling_step(backend):
     torch._dynamo.reset()
     compiled = torch.compile(step, fullgraph=True, backend=backend)
     torch.testing.assert_close(compiled(*inputs), step(*inputs), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("noise", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_and_triton_match_cpu(noise, dtype):
+    from mcfast.ops.triton_kernels import guided_step_triton
+
+    args = packed_args(B=3, H=64, W=64, factors=((4, 2, 8), (1, 8, 2), (64, 16, 4)),
+                       kinds=((0, 1, 2), (2, 0, 1), (0, 0, 1)), noise=noise, dtype=dtype)
+    want = OP(*args, 9, 2, True, True).float()
+    cuda_args = [a.cuda() if isinstance(a, torch.Tensor) else a for a in args]
+    tol = 1e-4 if dtype == torch.float32 else 2 ** -7
+    for fn in (OP, guided_step_triton):
+        got = fn(*cuda_args, 9, 2, True, True).float().cpu()
+        torch.testing.assert_close(got, want, rtol=tol, atol=tol)
+    torch.library.opcheck(OP.default, tuple(cuda_args) + (9, 2, True, True))
+    bits = torch.empty(64, 4, dtype=torch.int32, device="cuda")
+    torch.ops.mcfast.philox_bits_(bits, 5, 6, 7, 8)
+    ref = torch.empty(64, 4, dtype=torch.int32)
+    torch.ops.mcfast.philox_bits_(ref, 5, 6, 7, 8)
+    assert torch.equal(bits.cpu(), ref)

@@ -123,3 +123,22 @@ def test_bad_arguments():
         sample(noisy_model, d, (1, 1, 2, 2), method="plms", progress=False)
     with pytest.raises(InputError, match="shape"):
         sample(noisy_model, d, (1, 1, 2, 2), noise=torch.zeros(1, 1, 3, 3), progress=False)
+
+
+def test_sample_command_model_wrapper_precisions():
+    from mcfast.commands.sample import make_model_fn
+    from mcfast.models.unet import UNetModel
+
+    torch.manual_seed(0)
+    model = UNetModel(image_size=16, model_channels=16, out_channels=2, num_res_blocks=1,
+                      attention_resolutions=(2,), channel_mult=(1, 2), num_heads=2).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.1)
+    x, t = torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(0)), torch.tensor([10, 900])
+    with torch.no_grad():
+        ref = make_model_fn(model, torch.device("cpu"), "fp32", False)(x, t)
+        fast = make_model_fn(model, torch.device("cpu"), "bf16", True)(x, t)
+    assert fast.dtype == torch.float32 and (fast - ref).norm() / ref.norm() < 0.05
+    with pytest.raises(InputError, match="fp16"):
+        make_model_fn(model, torch.device("cpu"), "fp16", False)

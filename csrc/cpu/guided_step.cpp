@@ -68,29 +68,46 @@ __attribute__((always_inline)) inline void run_strip(const StepArgs& a, const T*
   const T* vs = a.learned ? es + HW : nullptr;         // channel 1: v
   const float sigma_fixed = ns * fast_exp(0.5f * lv_min);
   const float lo = a.clip ? -1.0f : -INFINITY, hi = a.clip ? 1.0f : INFINITY;  // branch-free clip
+  // One fused loop per variance / noise case.
+  if (!z) {
 #pragma omp simd
-  for (int64_t i = 0; i < n_px; ++i) {
-    const float x = static_cast<float>(xs[i]);
-    const float x0 = std::min(hi, std::max(lo, c_x * x - c_e * static_cast<float>(es[i])));
-    xp[i] = m_x0 * x0 + m_xt * x;
-  }
-  if (z) {
-    if (vs) {
+    for (int64_t i = 0; i < n_px; ++i) {
+      const float x = static_cast<float>(xs[i]);
+      const float x0 = std::min(hi, std::max(lo, c_x * x - c_e * static_cast<float>(es[i])));
+      xp[i] = m_x0 * x0 + m_xt * x;
+    }
+  } else if (vs) {
 #pragma omp simd
-      for (int64_t i = 0; i < n_px; ++i) {
-        const float frac = (static_cast<float>(vs[i]) + 1.0f) / 2.0f;
-        const float lv = frac * lv_max + (1.0f - frac) * lv_min;
-        xp[i] += ns * fast_exp(0.5f * lv) * z[i];
-      }
-    } else {
+    for (int64_t i = 0; i < n_px; ++i) {
+      const float x = static_cast<float>(xs[i]);
+      const float x0 = std::min(hi, std::max(lo, c_x * x - c_e * static_cast<float>(es[i])));
+      const float frac = (static_cast<float>(vs[i]) + 1.0f) / 2.0f;
+      const float lv = frac * lv_max + (1.0f - frac) * lv_min;
+      xp[i] = (m_x0 * x0 + m_xt * x) + ns * fast_exp(0.5f * lv) * z[i];
+    }
+  } else {
 #pragma omp simd
-      for (int64_t i = 0; i < n_px; ++i) xp[i] += sigma_fixed * z[i];
+    for (int64_t i = 0; i < n_px; ++i) {
+      const float x = static_cast<float>(xs[i]);
+      const float x0 = std::min(hi, std::max(lo, c_x * x - c_e * static_cast<float>(es[i])));
+      xp[i] = (m_x0 * x0 + m_xt * x) + sigma_fixed * z[i];
     }
   }
-  std::copy(xp, xp + n_px, acc);
+  T* os = out + first;
+  if (plan.conds[b].empty()) {
+#pragma omp simd
+    for (int64_t i = 0; i < n_px; ++i) os[i] = static_cast<T>(xp[i]);
+    return;
+  }
+  // The first condition reads x' and writes acc, later ones update acc, the last one writes x_{t−1}:
+  // no separate copy or store pass.
+  const size_t n_conds = plan.conds[b].size();
+  size_t cond_index = 0;
 
   // 2) Every active condition: r = φ(y_{t−1}) − φ(x') per block, x_{t−1} += W ⊙ r (all r from the same x').
   for (const CondPlan& c : plan.conds[b]) {
+    const bool first_cond = cond_index == 0, last_cond = ++cond_index == n_conds;
+    const float* src = first_cond ? xp : acc;
     const int64_t n = c.factor, wl = W / n;
     const float inv_area = 1.0f / static_cast<float>(n * n);
     const float* ref = a.refs + c.ref_offset;
@@ -138,29 +155,39 @@ __attribute__((always_inline)) inline void run_strip(const StepArgs& a, const T*
       }
       for (int64_t r = 0; r < n; ++r) {
         const int64_t row = by * n + r, y = y0 + row;
-        float* ar = acc + row * W;
-        if (c.kind == kWeightFull) {
-#pragma omp simd
-          for (int64_t x = 0; x < W; ++x) ar[x] += rexp[x];
-        } else if (c.kind == kWeightMap) {
-          const float* wm = a.weight_maps + c.weight_offset + y * W;
-#pragma omp simd
-          for (int64_t x = 0; x < W; ++x) ar[x] += wm[x] * rexp[x];
-        } else {
-          if (y < box_y0 || y >= box_y1) continue;
+        // out = in + wscale·w[x]·r[x] (w = 1 when wrow is null); wscale·1 and 1·w are exact.
+        const float* wrow = nullptr;
+        float wscale = 1.0f;
+        if (c.kind == kWeightMap) {
+          wrow = a.weight_maps + c.weight_offset + y * W;
+        } else if (c.kind == kWeightPatch) {
+          wrow = wx;
           const float dy = static_cast<float>(y) - c.patch[kCy];
-          const float wy = fast_exp(-dy * dy * inv2s2);
+          wscale = (y < box_y0 || y >= box_y1) ? 0.0f : fast_exp(-dy * dy * inv2s2);
+        }
+        const float* in = src + row * W;
+        if (last_cond) {
+          T* o = os + row * W;
+          if (wrow) {
 #pragma omp simd
-          for (int64_t x = 0; x < W; ++x) ar[x] += (wy * wx[x]) * rexp[x];
+            for (int64_t x = 0; x < W; ++x) o[x] = static_cast<T>(in[x] + (wscale * wrow[x]) * rexp[x]);
+          } else {
+#pragma omp simd
+            for (int64_t x = 0; x < W; ++x) o[x] = static_cast<T>(in[x] + rexp[x]);
+          }
+        } else {
+          float* o = acc + row * W;
+          if (wrow) {
+#pragma omp simd
+            for (int64_t x = 0; x < W; ++x) o[x] = in[x] + (wscale * wrow[x]) * rexp[x];
+          } else {
+#pragma omp simd
+            for (int64_t x = 0; x < W; ++x) o[x] = in[x] + rexp[x];
+          }
         }
       }
     }
   }
-
-  // 3) Write x_{t−1}.
-  T* os = out + first;
-#pragma omp simd
-  for (int64_t i = 0; i < n_px; ++i) os[i] = static_cast<T>(acc[i]);
 }
 
 // The strip kernel compiled per instruction set (see MCFAST_CLONES).

@@ -13,23 +13,26 @@
 #define MCFAST_CLONES
 #endif
 
+// Inlined into each clone so the math is compiled for the clone's instruction set.
+#define MCFAST_INLINE __attribute__((always_inline)) inline
+
 namespace mcfast::cpu {
 
-inline float bits_to_float(int32_t b) {
+MCFAST_INLINE float bits_to_float(int32_t b) {
   float f;
   std::memcpy(&f, &b, 4);
   return f;
 }
-inline int32_t float_to_bits(float f) {
+MCFAST_INLINE int32_t float_to_bits(float f) {
   int32_t b;
   std::memcpy(&b, &f, 4);
   return b;
 }
 
 // Round to nearest integer for |x| < 2^22 without SSE4.1 (adding and removing 1.5·2^23).
-inline float round_magic(float x) { return (x + 12582912.0f) - 12582912.0f; }
+MCFAST_INLINE float round_magic(float x) { return (x + 12582912.0f) - 12582912.0f; }
 
-inline float fast_exp(float x) {
+MCFAST_INLINE float fast_exp(float x) {
   x = std::min(88.0f, std::max(-87.0f, x));
   const float k = round_magic(x * 1.44269504088896341f);
   float r = x - k * 0.693359375f;
@@ -45,7 +48,7 @@ inline float fast_exp(float x) {
 }
 
 // Natural log for normal positive x.
-inline float fast_log(float x) {
+MCFAST_INLINE float fast_log(float x) {
   const int32_t bits = float_to_bits(x);
   float e = static_cast<float>(((bits >> 23) & 0xff) - 126);
   float m = bits_to_float((bits & 0x007fffff) | 0x3f000000);  // [0.5, 1)
@@ -69,7 +72,7 @@ inline float fast_log(float x) {
 }
 
 // sin and cos of 2π·u for u in [0, 1].
-inline void fast_sincos_2pi(float u, float& s, float& c) {
+MCFAST_INLINE void fast_sincos_2pi(float u, float& s, float& c) {
   const float q = round_magic(4.0f * u);         // quadrant 0..4
   const float a = 6.28318530717958647692f * (u - 0.25f * q);  // [-π/4, π/4]
   const float z = a * a;
@@ -84,7 +87,7 @@ inline void fast_sincos_2pi(float u, float& s, float& c) {
 }
 
 // Box–Muller on two Philox words, as in ../philox.h but with the vectorisable functions above.
-inline void box_muller_fast(uint32_t a, uint32_t b, float& n0, float& n1) {
+MCFAST_INLINE void box_muller_fast(uint32_t a, uint32_t b, float& n0, float& n1) {
   const float u0 = (static_cast<float>(static_cast<int32_t>(a >> 8)) + 0.5f) * 5.9604644775390625e-08f;
   const float u1 = (static_cast<float>(static_cast<int32_t>(b >> 8)) + 0.5f) * 5.9604644775390625e-08f;
   const float r = std::sqrt(-2.0f * fast_log(u0));

@@ -103,7 +103,7 @@ def run_classifier(args: argparse.Namespace) -> int:
     say(f"real: {len(real)} images ({int(real.labels.sum())} abnormal); "
         f"synthetic: {0 if synthetic is None else len(synthetic)}")
     results = run_classifier_study(cfg, real, synthetic, say)
-    results["command"] = " ".join(["mcfast"] + sys.argv[1:]) if sys.argv and "mcfast" in sys.argv[0] else None
+    results["argv"] = list(sys.argv)  # the exact command line, for the results' record
     paths = write_results(results, out)
     print(results_table_markdown(results))
     print(f"wrote {', '.join(str(p) for p in paths.values())}")
@@ -120,7 +120,7 @@ def run_realism(args: argparse.Namespace) -> int:
     t0 = time.time()
     real, synthetic = load_real(cfg), load_synthetic(cfg)
     rep = realism_report(real.images, synthetic.images, cfg.realism, cfg.study.n_bootstrap, cfg.study.ci, say)
-    rep.update({"config": cfg.to_dict(), "provenance": read_provenance(cfg.data.synthetic_dir),
+    rep.update({"argv": list(sys.argv), "config": cfg.to_dict(), "provenance": read_provenance(cfg.data.synthetic_dir),
                 "machine": machine_info(), "elapsed_s": round(time.time() - t0, 1)})
     write_text(out / "realism.json", json.dumps(rep, indent=1))
     md = realism_markdown(rep)
@@ -168,7 +168,7 @@ def run_memorization(args: argparse.Namespace) -> int:
     rep = memorization_report(synthetic.images, training.images, mc.threshold, mc.max_shift, mc.top_k,
                               synthetic.names, training.names, reference.images, reference_training,
                               mc.highpass_sigma, say)
-    rep.update({"reference_note": ref_note, "config": cfg.to_dict(),
+    rep.update({"argv": list(sys.argv), "reference_note": ref_note, "config": cfg.to_dict(),
                 "provenance": read_provenance(cfg.data.synthetic_dir), "machine": machine_info(),
                 "elapsed_s": round(time.time() - t0, 1)})
     write_text(out / "memorization.json", json.dumps(rep, indent=1))

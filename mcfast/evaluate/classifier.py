@@ -28,14 +28,20 @@ import torch.nn.functional as F
 from mcfast.errors import InputError
 from mcfast.evaluate.metrics import best_f1_threshold, bootstrap_interval, f1_score, roc_auc
 from mcfast.evaluate.splits import SPLIT_NAMES, group_split, mias_labels, mias_woman
+from mcfast.io.windows import HU_MIN, WINDOWS, apply_window, model_to_hu
 
 CLASS_NAMES = ("normal", "abnormal")  # label 0, label 1
 _CLASS_ALIASES = {"normal": 0, "absent": 0, "negative": 0, "0": 0,
                   "abnormal": 1, "present": 1, "positive": 1, "tumour": 1, "tumor": 1, "1": 1}
-# CT conventions of docs/architecture.md (model space <-> HU) and the lung display window.
-HU_MIN, HU_MAX = -1024.0, 3071.0
-CT_WINDOWS = {"lung": (-600.0, 1500.0), "soft_tissue": (40.0, 400.0), "bone": (400.0, 1800.0)}
+# CT conventions of docs/architecture.md: model space <-> HU and the display windows of mcfast.io.
+CT_WINDOWS = WINDOWS
 PROVENANCE_NAMES = ("provenance.json", "recipe.json", "synthesis.json")
+# Label files looked for in a folder, in order; coco.json is what `mcfast synthesize` writes.
+LABEL_FILES = ("labels.json", "coco.json")
+
+
+def _label_file(folder: Path) -> Path | None:
+    return next((folder / n for n in LABEL_FILES if (folder / n).is_file()), None)
 
 
 # --------------------------------------------------------------------------- configuration
@@ -204,7 +210,7 @@ def resize(img: np.ndarray, size: int) -> np.ndarray:
 
 def _hu_to_display(hu: np.ndarray, window: str) -> np.ndarray:
     center, width = CT_WINDOWS[window]
-    return np.clip((hu - (center - width / 2)) / width, 0.0, 1.0)
+    return np.asarray(apply_window(np.asarray(hu, np.float64), center, width), dtype=np.float64)
 
 
 def read_image_file(path: Path, modality: str = "mg", ct_window: str = "lung") -> np.ndarray:
@@ -248,7 +254,7 @@ def read_image_file(path: Path, modality: str = "mg", ct_window: str = "lung") -
         raise InputError(f"{path}: float NPY must be model space [-1, 1], got range [{arr.min():.3g}, {arr.max():.3g}]")
     arr = np.clip(arr, -1.0, 1.0)
     if modality == "ct":
-        return _hu_to_display((arr + 1) / 2 * (HU_MAX - HU_MIN) + HU_MIN, ct_window)
+        return _hu_to_display(model_to_hu(arr), ct_window)
     return (arr + 1) / 2
 
 
@@ -264,9 +270,9 @@ def _parse_label(value, where: str) -> int:
 
 
 def _folder_entries(folder: Path) -> list[tuple[Path, int, str]]:
-    """(file, label, group) for a labelled folder: labels.json (mapping or COCO) or class subfolders."""
-    labels_json = folder / "labels.json"
-    if labels_json.is_file():
+    """(file, label, group) for a labelled folder: labels.json / coco.json (mapping or COCO) or class subfolders."""
+    labels_json = _label_file(folder)
+    if labels_json is not None:
         try:
             meta = json.loads(labels_json.read_text())
         except json.JSONDecodeError as exc:
@@ -277,7 +283,7 @@ def _folder_entries(folder: Path) -> list[tuple[Path, int, str]]:
             annotated = {a.get("image_id") for a in meta["annotations"]}
             for im in meta["images"]:
                 f = folder / im["file_name"]
-                entries.append((f, int(im["id"] in annotated), str(im.get("group", f.stem))))
+                entries.append((f, int(im["id"] in annotated), str(im.get("group", im["file_name"]))))
         elif isinstance(meta, dict) and isinstance(meta.get("images"), list):
             for i, im in enumerate(meta["images"]):
                 if not isinstance(im, dict) or "file" not in im or "label" not in im:
@@ -302,7 +308,7 @@ def _folder_entries(folder: Path) -> list[tuple[Path, int, str]]:
             if f.suffix.lower() in (".png", ".npy"):
                 entries.append((f, label, f"{sub.name}/{f.stem}"))
     if not entries:
-        raise InputError(f"{folder}: no labelled images (need labels.json or subfolders abnormal/ and normal/ "
+        raise InputError(f"{folder}: no labelled images (need labels.json, coco.json or subfolders abnormal/ and normal/ "
                          "with PNG or NPY files)")
     return entries
 
@@ -464,9 +470,9 @@ def load_ct_synthetic(folder: str | Path, cfg: "EvalConfig") -> LabeledImages:
     """
     d = cfg.data
     folder = Path(folder)
-    coco_path = folder / "labels.json"
+    coco_path = _label_file(folder)
     meta = None
-    if coco_path.is_file():
+    if coco_path is not None:
         try:
             meta = json.loads(coco_path.read_text())
         except json.JSONDecodeError as exc:
@@ -751,7 +757,7 @@ def results_table_markdown(results: dict) -> str:
     sp = results["splits"]
     lines.append("")
     lines.append(f"Seeds {seeds}; test set {sp['test']['n']} images ({sp['test']['abnormal']} abnormal, "
-                 f"{sp['test']['groups']} patients); intervals: stratified bootstrap over test images of the "
+                 f"{sp['test']['groups']} split groups); intervals: stratified bootstrap over test images of the "
                  f"seed-mean metric ({results['config']['study']['n_bootstrap']} resamples). "
                  "F1 at the threshold that maximised F1 on the validation split.")
     return "\n".join(lines) + "\n"

@@ -37,14 +37,20 @@ def plot_auc_vs_share(results: dict, path: str | Path) -> Path:
     mean = np.array([r["auc_mean"] for r in rows])
     lo = np.array([r["auc_lo"] for r in rows])
     hi = np.array([r["auc_hi"] for r in rows])
-    ax.fill_between(x, lo, hi, alpha=0.2, label=f"{int(results['config']['study']['ci'] * 100)}% bootstrap CI")
-    ax.plot(x, mean, "o-", label="mean over seeds")
+    ci = int(round(results["config"]["study"]["ci"] * 100))
+    ax.errorbar(x, mean, yerr=[mean - lo, hi - mean], fmt="o-", capsize=4,
+                label=f"mean over seeds, {ci}% bootstrap CI")
     for xi, r in zip(x, rows):
         ax.plot([xi] * len(r["seeds"]), [s["auc"] for s in r["seeds"]], "k.", alpha=0.5)
     ax.axhline(0.5, color="grey", lw=0.8, ls="--")
     ax.set_xlabel("synthetic images added (% of real training images)")
     ax.set_ylabel("test AUC (real images)")
     ax.set_ylim(0, 1)
+    planned = [100 * float(v) for v in results["config"]["study"]["increments"]]
+    ax.set_xlim(min(planned + [0]) - 10, max(planned + list(x)) + 10)
+    if results.get("skipped"):
+        ax.text(0.02, 0.04, "pending: " + ", ".join(f"+{s['increment']:.0%}" for s in results["skipped"]),
+                transform=ax.transAxes, fontsize=7, color="grey")
     ax.set_title(results["name"], fontsize=9)
     ax.legend(fontsize=7, loc="lower right")
     return _save(fig, path)

@@ -131,7 +131,7 @@ class _StepDriver(OpsGuidedSampler):
                              "power-of-two factors; export with --no-ops for other conditions")
         return tables
 
-    def _fused_step(self, x: Tensor, model_output: Tensor, i: int, j: int, factors: Tensor, stop_steps: Tensor,
+    def _fused_step(self, x: Tensor, t: Tensor, i: int, j: int, factors: Tensor, stop_steps: Tensor,
                     step_noise: Optional[Tensor], cond_noise: Optional[Tensor], seed: int,
                     fused: List[Tensor]) -> Tensor:
         b, h, w = x.shape[0], x.shape[2], x.shape[3]
@@ -151,8 +151,7 @@ class _StepDriver(OpsGuidedSampler):
                 else:
                     parts.append(torch.zeros((h // f) * (w // f) if h % f == 0 and w % f == 0 else h * w))
         ref_noise = torch.cat(parts) if parts else torch.zeros(0)
-        t = self.timestep_map[i].expand(b).contiguous()
-        return self.runner(x.contiguous(), t, coefs, noise, _padded(ref_noise, n), _padded(refs_flat, n),
+        return self.runner(x.contiguous(), t.contiguous(), coefs, noise, _padded(ref_noise, n), _padded(refs_flat, n),
                            ref_offsets, factors_dev, active, weight_kind, patch, _padded(weight_maps, n),
                            weight_offsets)
 

@@ -16,10 +16,10 @@ from torch import Tensor
 
 from mcfast.atomic import atomic_path
 from mcfast.errors import InputError
+from mcfast.export.torchscript import FILTER_CODES
 from mcfast.guidance.conditions import Condition, ConditionsArg, conditions_per_image
 
 INPUT_NAMES = ("refs", "factors", "stop_steps", "weights", "filters", "noise", "step_noise", "cond_noise")
-FILTER_CODES = {"box": 0, "bicubic": 1}
 
 
 def pack_conditions(conditions: ConditionsArg, batch_size: int, image_size: int | None = None) -> dict[str, Tensor]:

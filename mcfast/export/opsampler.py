@@ -92,11 +92,12 @@ class OpsGuidedSampler(GuidedSampler):
                 weight_offsets.to(device), weights.reshape(-1).contiguous(),
                 torch.zeros([b, s, 7], dtype=torch.float32, device=device), factors.to(device=device, dtype=torch.long)]
 
-    def _fused_step(self, x: Tensor, model_output: Tensor, i: int, j: int, factors: Tensor, stop_steps: Tensor,
+    def _fused_step(self, x: Tensor, t: Tensor, i: int, j: int, factors: Tensor, stop_steps: Tensor,
                     step_noise: Optional[Tensor], cond_noise: Optional[Tensor], seed: int,
                     fused: List[Tensor]) -> Tensor:
         refs_flat, ref_offsets, weight_kind, weight_offsets = fused[0], fused[1], fused[2], fused[3]
         weight_maps, patch, factors_dev = fused[4], fused[5], fused[6]
+        model_output = self.unet(x, t).float().contiguous()
         b = x.shape[0]
         t_orig = int(self.timestep_map[i])
         active = ((stop_steps >= 0) & (stop_steps <= t_orig)).to(x.device)

@@ -21,7 +21,6 @@ Coefficients are the float64 schedule rounded to float32 per step, exactly as
 from __future__ import annotations
 
 import json
-import math
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -248,18 +247,24 @@ class GuidedSampler(nn.Module):
                 if int(stop_steps[bi, si]) >= 0:
                     low_refs[bi, si] = self._lowpass(refs[bi, si], int(factors[bi, si]), int(filters[bi, si]))
         fused = self._prepare_fused(refs, factors, stop_steps, weights, filters)
+        if len(fused) > 0 and (step_noise is None) != (cond_noise is None):
+            # The fused op takes both noises or draws both in-kernel: draw the missing one here.
+            if step_noise is None:
+                step_noise = self._randn([self.steps, b, 1, h, w], refs, gen)
+            else:
+                cond_noise = self._randn([self.steps, b, s, h, w], refs, gen)
         kept: List[Tensor] = []
         if keep:
             kept.append(x)
         for j in range(self.steps):
             i = self.steps - 1 - j
             t = self.timestep_map[i].expand(b)
-            model_output = self.unet(x, t).float().contiguous()
             if len(fused) > 0:
-                x = self._fused_step(x, model_output, i, j, factors, stop_steps, step_noise, cond_noise, seed, fused)
+                x = self._fused_step(x, t, i, j, factors, stop_steps, step_noise, cond_noise, seed, fused)
                 if keep:
                     kept.append(x)
                 continue
+            model_output = self.unet(x, t)
             z: Optional[Tensor] = None
             if self._needs_step_noise(i):
                 if step_noise is not None:
@@ -282,9 +287,10 @@ class GuidedSampler(nn.Module):
         """Tables for torch.ops.mcfast.guided_step, or [] when this run takes the plain PyTorch path."""
         return []
 
-    def _fused_step(self, x: Tensor, model_output: Tensor, i: int, j: int, factors: Tensor, stop_steps: Tensor,
+    def _fused_step(self, x: Tensor, t: Tensor, i: int, j: int, factors: Tensor, stop_steps: Tensor,
                     step_noise: Optional[Tensor], cond_noise: Optional[Tensor], seed: int,
                     fused: List[Tensor]) -> Tensor:
+        """U-Net + the whole guided update of step j (chain index i) in one op call; the hook of the ops variant."""
         raise RuntimeError("this sampler was exported without the mcfast ops")
 
     def forward(self, refs: Tensor, factors: Tensor, stop_steps: Tensor, weights: Tensor,

@@ -202,12 +202,16 @@ def _unsupported(reason: str, force: bool) -> None:
     return None
 
 
-def _kernel_for(device: torch.device):
+CUDA_MAX_FACTOR = 64  # the CUDA kernel's largest tile (csrc/cuda/kernels.cu); the Triton kernel has no limit
+
+
+def _kernel_for(device: torch.device, max_factor: int):
     """The op to call on ``device``, or a reason string."""
     if device.type == "cpu":
         return torch.ops.mcfast.guided_step
     if device.type == "cuda":
-        if torch._C._dispatch_has_kernel_for_dispatch_key("mcfast::guided_step", "CUDA"):
+        if (max_factor <= CUDA_MAX_FACTOR
+                and torch._C._dispatch_has_kernel_for_dispatch_key("mcfast::guided_step", "CUDA")):
             return torch.ops.mcfast.guided_step
         try:
             from mcfast.ops.triton_kernels import guided_step_triton
@@ -252,7 +256,7 @@ def try_fused_step(x_t: Tensor, model_output: Tensor, diffusion: Any, i: int,
                 return _unsupported(f"{c.label} has factor {c.factor}, not a power of two", force)
             if c.shape != (H, W):
                 return _unsupported(f"{c.label} reference is {c.shape}, samples are {(H, W)}", force)
-    kernel = _kernel_for(x_t.device)
+    kernel = _kernel_for(x_t.device, max((c.factor for conds in conditions_per_image for c in conds), default=1))
     if isinstance(kernel, str):
         return _unsupported(kernel, force)
     learned_needed = method == "ddpm" and diffusion.model_var_type == "learned_range"

@@ -80,15 +80,26 @@ def plan_item(recipe: Recipe, index: int) -> ItemPlan:
         for j in range(count):
             side = int(rng.integers(spec.size[0], spec.size[1] + 1))
             lesion = _place_one(recipe, spec, anatomy, free, rng, side, f"pathology[{k}] #{j}")
-            patch_model, (x, y, w, h) = lesion.meta.pop("_patch_model"), lesion.patch_box
+            patch_model, alpha = lesion.meta.pop("_patch_model"), lesion.meta.pop("_alpha")
+            x, y, w, h = lesion.patch_box
             canvas = anatomy_model.copy()
-            canvas[y:y + h, x:x + w] = patch_model
-            composite[y:y + h, x:x + w] = patch_model
+            canvas[y:y + h, x:x + w] = (1 - alpha) * canvas[y:y + h, x:x + w] + alpha * patch_model
+            composite[y:y + h, x:x + w] = (1 - alpha) * composite[y:y + h, x:x + w] + alpha * patch_model
             conditions.append(Condition.on_canvas(canvas, lesion.patch_box, spec.factor, spec.stop_step,
                                                   spec.sigma_scale, None, spec.filter, name=f"{spec.category}{j}"))
             lesions.append(lesion)
             free &= ~ndimage.binary_dilation(lesion.mask.astype(bool), iterations=2)
     return ItemPlan(index, seed, anatomy, lesions, conditions, composite)
+
+
+def blend_alpha(lesion_mask: np.ndarray, sigma_frac: float = 0.5) -> np.ndarray:
+    """Opacity of a patch over the anatomy: 1 on the (slightly blurred) lesion, a Gaussian fall-off
+    toward the patch edge elsewhere, so the reference shows the lesion in its new surroundings."""
+    from mcfast.pathology.transform import gaussian_falloff
+
+    soft = ndimage.gaussian_filter(lesion_mask.astype(np.float32), 1.0)
+    soft = np.clip(soft / max(float(soft.max()), 1e-6), 0.0, 1.0)
+    return np.maximum(gaussian_falloff(lesion_mask.shape, sigma_frac), soft).astype(np.float32)
 
 
 def _place_one(recipe: Recipe, spec, anatomy: Anatomy, free: np.ndarray, rng: np.random.Generator, side: int,
@@ -99,7 +110,9 @@ def _place_one(recipe: Recipe, spec, anatomy: Anatomy, free: np.ndarray, rng: np
     modality = recipe.modality
     patch = load_patch(modality, spec.source, spec.path, rng, side)
     if modality == "mg":
-        patch = prepare_patch(patch, rng, reference=anatomy.values, reference_mask=anatomy.tissue)
+        # Equalise + rescale to [min(ref), quantile(ref, q)]; the Gaussian fall-off is applied below as
+        # a blend toward the anatomy rather than toward min(ref), so no dark square frames the lesion.
+        patch = prepare_patch(patch, rng, reference=anatomy.values, reference_mask=anatomy.tissue, falloff=False)
     else:
         patch = prepare_patch(patch, rng)
     try:
@@ -113,5 +126,6 @@ def _place_one(recipe: Recipe, spec, anatomy: Anatomy, free: np.ndarray, rng: np
     patch_model = to_model(modality, placed.canvas[y:y + h, x:x + w])
     meta = {k: v for k, v in patch.meta.items() if isinstance(v, (int, float, str, bool, list, tuple))}
     meta["_patch_model"] = patch_model
+    meta["_alpha"] = blend_alpha(patch.mask)
     return PlacedLesion(placed.mask.astype(np.uint8), tuple(int(v) for v in placed.box), (x, y, w, h),
                         tuple(float(v) for v in placed.center), spec.category, patch.source, meta)

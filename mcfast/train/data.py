@@ -106,7 +106,8 @@ class ImageFolderDataset(Dataset):
         self.root = Path(root)
         if not self.root.is_dir():
             raise InputError(f"{self.root}: data folder does not exist")
-        files = sorted(p for p in self.root.rglob("*") if p.is_file()
+        # JSON sidecars (the manifest of `mcfast prepare` / `mcfast phantoms`) are metadata, not data.
+        files = sorted(p for p in self.root.rglob("*") if p.is_file() and p.suffix.lower() != ".json"
                        and not any(part.startswith(".") for part in p.relative_to(self.root).parts))
         for p in files:
             if p.suffix.lower() not in IMAGE_SUFFIXES:
