@@ -30,8 +30,11 @@ def _extensions():
 
     here = os.path.dirname(os.path.abspath(__file__))
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
-    # -fno-math-errno lets sqrt vectorise (csrc/cpu/vec_math.h); nothing reads errno.
-    cxx = ["-O3", "-std=c++20", "-fopenmp-simd", "-fno-math-errno"]
+    # -fopenmp: at::parallel_for is inline OpenMP in torch's headers (without it the kernels run on one thread;
+    # torch's own libgomp.so.1 is the one loaded). -fno-math-errno lets sqrt vectorise; -ffp-contract=off
+    # keeps results identical across the AVX-512 / AVX2 / baseline clones (csrc/cpu/vec_math.h).
+    cxx = ["-O3", "-std=c++20", "-fopenmp", "-fno-math-errno", "-ffp-contract=off"]
+    link = ["-fopenmp"]
     if os.environ.get("MCFAST_NATIVE", "0") == "1":
         cxx.append("-march=native")
     # MCFAST_PYTHON_MODULE: only this build defines PyInit__C (the CMake ops library has no Python).
@@ -43,11 +46,11 @@ def _extensions():
         ext = CUDAExtension(
             "mcfast._C", sources, include_dirs=[os.path.join(here, "csrc")],
             extra_compile_args={"cxx": cxx + ["-DMCFAST_WITH_CUDA"], "nvcc": ["-O3", "-std=c++20", "-DMCFAST_WITH_CUDA", "--use_fast_math"]},
-            define_macros=define_macros, py_limited_api=True)
+            define_macros=define_macros, extra_link_args=link, py_limited_api=True)
     else:
         ext = CppExtension(
             "mcfast._C", sources, include_dirs=[os.path.join(here, "csrc")],
-            extra_compile_args={"cxx": cxx}, define_macros=define_macros, py_limited_api=True)
+            extra_compile_args={"cxx": cxx}, define_macros=define_macros, extra_link_args=link, py_limited_api=True)
     return [ext]
 
 

@@ -155,6 +155,7 @@ def test_guided_step(benchmark, bench_results, B, size, M):
         refs = [c.reference().unsqueeze(0) for c in conds[0]]
         weights = [c.weight_map() for c in conds[0]]
         # one shared condition list keeps the graph small; the work per image is the same as the reference's
+        torch._dynamo.reset()  # a fresh graph per configuration (the recompile limit is per code object)
         comp = _compiled_reference(diffusion, STEP, [(c.factor, c.is_full) for c in conds[0]])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

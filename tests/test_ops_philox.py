@@ -65,3 +65,12 @@ def test_bad_arguments():
         torch.ops.mcfast.philox_normal_(torch.empty(4, dtype=torch.float64), 0, 0, 0, 0)
     with pytest.raises(RuntimeError, match=r"shape \(G, 4\)"):
         torch.ops.mcfast.philox_bits_(torch.empty(4, 3, dtype=torch.int32), 0, 0, 0, 0)
+
+
+def test_vector_path_carries_into_the_high_counter_word():
+    # Groups 2^32 − 20 … 2^32 + 30: the vectorised words must carry from the low into the high word exactly as
+    # the scalar path (a fill of one element) does.
+    start = 4 * (2 ** 32 - 20)
+    block = _normal(200, seed=5, offset=1, stream=2, start=start)
+    single = torch.stack([_normal(1, 5, 1, 2, start + k)[0] for k in range(200)])
+    assert torch.equal(block, single)

@@ -18,6 +18,15 @@ META = "meta.json"
 CT_WINDOWS = ("lung", "soft_tissue", "bone")
 
 
+def _json_default(value):
+    """numpy scalars and arrays in metadata (patch transform parameters) as plain JSON."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
 def item_dir(out: Path, index: int) -> Path:
     return out / f"{index:06d}"
 
@@ -124,7 +133,7 @@ def write_item(out: Path, plan: ItemPlan, image_model: np.ndarray, modality: str
         "files": files,
         **extra_meta,
     }
-    write_text(d / META, json.dumps(meta, indent=2))
+    write_text(d / META, json.dumps(meta, indent=2, default=_json_default))
     return meta
 
 

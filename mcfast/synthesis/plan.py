@@ -124,7 +124,8 @@ def _place_one(recipe: Recipe, spec, anatomy: Anatomy, free: np.ndarray, rng: np
     y, x = int(rows.min()), int(cols.min())
     h, w = int(rows.max()) - y + 1, int(cols.max()) - x + 1
     patch_model = to_model(modality, placed.canvas[y:y + h, x:x + w])
-    meta = {k: v for k, v in patch.meta.items() if isinstance(v, (int, float, str, bool, list, tuple))}
+    meta = {k: v for k, v in patch.meta.items()
+            if isinstance(v, (int, float, str, bool, list, tuple, np.generic)) or v is None}
     meta["_patch_model"] = patch_model
     meta["_alpha"] = blend_alpha(patch.mask)
     return PlacedLesion(placed.mask.astype(np.uint8), tuple(int(v) for v in placed.box), (x, y, w, h),
