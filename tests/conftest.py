@@ -12,3 +12,14 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data folder {SHARED_DATA} not found (it lives beside the repository, see its README)")
     return SHARED_DATA
+
+
+@pytest.fixture()
+def one_thread():
+    """Tiny models run fastest (and steadiest on a shared 2-core machine) on one torch thread."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

@@ -6,13 +6,7 @@ from mcfast.diffusion.samplers import sample
 from mcfast.errors import InputError
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest (and steadiest on a shared 2-core machine) on one thread."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def oracle_model(diffusion, x0):

@@ -145,3 +145,21 @@ def test_cli_synthesize(tmp_path, ct_run, capsys):
     assert main(["synthesize", "--ckpt", str(ct_run), "--recipe", str(tmp_path / "none.toml"), "--out",
                  str(tmp_path / "o2")]) == 2
     assert "none.toml: recipe file not found" in capsys.readouterr().err
+
+
+def test_torchrun_splits_items_and_merges_one_coco(tmp_path, ct_run):
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "dist"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "mcfast", "synthesize",
+           "--ckpt", str(ct_run), "--recipe", str(CONFIGS / "demo_ct.toml"), "--num-images", "3", "--steps", "3",
+           "--out", str(out), "--no-progress"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ranks = [json.loads((out / f"{i:06d}" / "meta.json").read_text())["rank"] for i in range(3)]
+    assert ranks == [0, 1, 0]
+    coco = read_coco(out / "coco.json")
+    assert sorted(img["id"] for img in coco["images"]) == [1, 2, 3]

@@ -12,13 +12,7 @@ from mcfast.train.data import ImageFolderDataset, load_image
 from mcfast.train.trainer import TrainConfig, Trainer, global_batch_indices
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest (and steadiest on a shared 2-core machine) on one thread."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_model(out_channels=2, size=16):

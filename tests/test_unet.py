@@ -7,13 +7,7 @@ from mcfast.errors import InputError
 from mcfast.models.unet import UNetModel, attention_factors, preset_config
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest (and steadiest on a shared 2-core machine) on one thread."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small_unet(out_channels=2, seed=0):

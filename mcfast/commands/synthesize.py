@@ -12,11 +12,13 @@ def register(subparsers) -> None:
                     "--recipe (TOML; examples in configs/). Writes one folder per image (NPY, PNGs per CT window or "
                     "the mammogram, the lesion mask, references, overlay, optional DICOM and DICOM SEG, meta.json), "
                     "coco.json for the whole run and provenance.json. Re-running the same command skips finished "
-                    "images. Under 'torchrun --nproc-per-node K -m mcfast synthesize ...' the images are split "
+                    "images. Under 'torchrun --nproc-per-node K -m mcfast synthesize --num-images N ...' the images are split "
                     "across the K processes and merged into one coco.json.")
     p.add_argument("--ckpt", type=Path, required=True, help="run folder made by 'mcfast train' (or a shipped default)")
     p.add_argument("--recipe", type=Path, required=True, help="recipe TOML (see configs/*.toml)")
-    p.add_argument("--n", type=int, default=8, help="number of images (default 8)")
+    # --num-images: torchrun's own parser rejects "--n" as an ambiguous abbreviation of its options.
+    p.add_argument("--n", "--num-images", dest="n", type=int, default=8,
+                   help="number of images (default 8); under torchrun write --num-images")
     p.add_argument("--out", type=Path, required=True, help="output folder (resumable)")
     p.add_argument("--batch-size", type=int, default=None, help="images per sampling batch (default: the recipe's)")
     p.add_argument("--steps", default=None, help="override the recipe's respacing, e.g. 50 or ddim25")

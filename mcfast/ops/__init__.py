@@ -23,6 +23,8 @@ def load() -> None:
     global _loaded
     if _loaded:
         return
+    import torch  # noqa: F401  (loads libc10/libtorch, which mcfast._C links against)
+
     try:
         import mcfast._C  # noqa: F401  (registers torch.ops.mcfast.*)
     except ImportError as exc:
