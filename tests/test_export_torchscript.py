@@ -162,6 +162,8 @@ def test_saved_sampler_runs_with_torch_only(run_dir, tmp_path):
         import importlib.util, os, sys
         repo = {str(Path(__file__).resolve().parents[1])!r}
         sys.path[:] = [p for p in sys.path if p not in ("", ".", repo) and not os.path.isdir(os.path.join(p, "mcfast"))]
+        # an editable install (pip install -e) finds mcfast through a meta-path finder, not sys.path
+        sys.meta_path[:] = [f for f in sys.meta_path if not getattr(f, "__module__", "").startswith("__editable__")]
         assert importlib.util.find_spec("mcfast") is None, "mcfast must not be importable here"
         import numpy as np, torch
         from safetensors.torch import load_file

@@ -55,8 +55,8 @@ def _rgb_overlay(gray: np.ndarray, labels: np.ndarray) -> np.ndarray:
     from scipy import ndimage
 
     rgb = np.repeat((np.clip(gray, 0, 1) * 255).astype(np.uint8)[..., None], 3, axis=2)
-    edge = labels > 0
-    edge = edge & ~ndimage.binary_erosion(edge)
+    lesion = labels > 0
+    edge = ndimage.binary_dilation(lesion) & ~lesion  # drawn just outside, so the lesion itself stays visible
     rgb[edge] = (255, 40, 40)
     return rgb
 
