@@ -14,19 +14,29 @@ def register(subparsers) -> None:
                     "index.html shows anatomy reference | pathology reference | result | mask overlay. "
                     "A re-run skips finished images.")
     p.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (default demo_out)")
-    p.add_argument("--n", type=int, default=4, help="images per modality (default 4)")
+    p.add_argument("--n", type=int, default=8, help="images per modality (default 8)")
     p.add_argument("--steps", default=None, help="sampling steps (respacing, default: the recipe's 100)")
     p.add_argument("--modality", choices=["ct", "mg", "both"], default="both", help="which demo to run")
     p.add_argument("--ckpt-ct", type=Path, default=None, help="use your own lung-CT run instead of the default")
     p.add_argument("--ckpt-mg", type=Path, default=None, help="use your own mammography run instead of the default")
     p.add_argument("--backend", choices=["auto", "reference", "fused"], default=None,
                    help="guidance implementation (default auto: the fused op when it can serve)")
+    # One thread by default: the 64² default models gain nothing from a second one, and when the other
+    # core is busy OpenMP's spin-waiting made a 2-thread demo 16x slower here (17 s vs 273 s for 4 CT images).
+    p.add_argument("--threads", type=int, default=1, help="CPU threads for torch (default 1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from mcfast.demo.run import DemoSettings, run_demo
+
+    if args.threads < 1:
+        from mcfast.errors import InputError
+        raise InputError(f"--threads must be >= 1, got {args.threads}")
+    torch.set_num_threads(args.threads)
 
     modalities = ("ct", "mg") if args.modality == "both" else (args.modality,)
     page = run_demo(DemoSettings(out=args.out, n=args.n, steps=args.steps, ckpt_ct=args.ckpt_ct,

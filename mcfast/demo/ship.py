@@ -5,7 +5,7 @@ Reproduce the shipped defaults (about an hour on 2 CPU cores each, bf16 autocast
     mcfast phantoms --modality ct --n 3000 --size 64 --out runs/data_ct64
     mcfast train --data runs/data_ct64 --out runs/ct64 --image-size 64 --modality ct --preset tiny \
         --model-channels 32 --channel-mult 1,2,2,2 --num-res-blocks 1 --attention-resolutions 16 --num-heads 2 \
-        --batch-size 8 --lr 2e-4 --max-steps 3000 --precision bf16 --seed 0
+        --batch-size 8 --lr 2e-4 --max-steps 4000 --precision bf16 --seed 0
     python -m mcfast.demo.ship runs/ct64 mcfast/assets/default_ct
 
 (and the same with ``mg``). The step actually shipped is recorded in the shipped config.json.

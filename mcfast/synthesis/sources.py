@@ -61,6 +61,22 @@ def _list_images(folder: Path) -> list[Path]:
     return files
 
 
+MIN_LUNG_FRACTION = 0.03  # a slice whose lungs cover less than this has no room for lesions
+
+
+def _random_lung_slice(hu: np.ndarray, size: int, rng: np.random.Generator, path: Path) -> int:
+    """A random slice of the volume that shows lungs (slices above the apex or below the bases do not)."""
+    from mcfast.anatomy.masks import lung_mask
+
+    for k in rng.permutation(hu.shape[0]):
+        try:
+            if lung_mask(_resize(hu[k], size)).mean() >= MIN_LUNG_FRACTION:
+                return int(k)
+        except InputError:
+            continue
+    raise InputError(f"{path}: no slice shows lungs covering {MIN_LUNG_FRACTION:.0%} of the image")
+
+
 def _read_anatomy_file(modality: str, path: Path, size: int, rng: np.random.Generator, slice_index: int) -> Anatomy:
     from mcfast.io.images import read_image
 
@@ -69,9 +85,12 @@ def _read_anatomy_file(modality: str, path: Path, size: int, rng: np.random.Gene
             data = _ct_volume(str(path))
             hu = getattr(data, "hu")
             if hu.ndim == 3:
-                k = int(rng.integers(hu.shape[0])) if slice_index < 0 else slice_index
-                if not 0 <= k < hu.shape[0]:
-                    raise InputError(f"{path}: slice_index {slice_index} outside 0..{hu.shape[0] - 1}")
+                if slice_index >= 0:
+                    if slice_index >= hu.shape[0]:
+                        raise InputError(f"{path}: slice_index {slice_index} outside 0..{hu.shape[0] - 1}")
+                    k = slice_index
+                else:
+                    k = _random_lung_slice(hu, size, rng, path)
                 hu, source = hu[k], f"{path}#slice{k}"
             else:
                 source = str(path)
@@ -180,7 +199,10 @@ def load_patch(modality: str, source: str, path: str, rng: np.random.Generator, 
         if modality != "ct":
             raise InputError("pathology source 'msd' holds lung CT tumours; it needs modality = 'ct'")
         msd = _msd(path)
-        k = int(rng.integers(len(msd.images)))
+        usable = np.flatnonzero(np.asarray(msd.masks).reshape(len(msd.masks), -1).any(axis=1))
+        if usable.size == 0:
+            raise InputError(f"{path}: every MSD patch has an empty tumour mask")
+        k = int(usable[rng.integers(usable.size)])  # some patches hold no tumour pixels
         lo, hi = MSD_HU_RANGE
         patch = P.extract_msd_patch(lo + (hi - lo) * np.asarray(msd.images[k]).squeeze(),
                                     np.asarray(msd.masks[k]).squeeze(), crop=True, source=f"msd:{k}")
