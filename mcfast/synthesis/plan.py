@@ -79,8 +79,7 @@ def plan_item(recipe: Recipe, index: int) -> ItemPlan:
         count = int(rng.integers(spec.count[0], spec.count[1] + 1))
         for j in range(count):
             side = int(rng.integers(spec.size[0], spec.size[1] + 1))
-            lesion = _place_one(recipe, spec, anatomy, free, rng, side, f"pathology[{k}] #{j}")
-            patch_model, alpha = lesion.meta.pop("_patch_model"), lesion.meta.pop("_alpha")
+            lesion, patch_model, alpha = _place_one(recipe, spec, anatomy, free, rng, side, f"pathology[{k}] #{j}")
             x, y, w, h = lesion.patch_box
             canvas = anatomy_model.copy()
             canvas[y:y + h, x:x + w] = (1 - alpha) * canvas[y:y + h, x:x + w] + alpha * patch_model
@@ -103,7 +102,8 @@ def blend_alpha(lesion_mask: np.ndarray, sigma_frac: float = 0.5) -> np.ndarray:
 
 
 def _place_one(recipe: Recipe, spec, anatomy: Anatomy, free: np.ndarray, rng: np.random.Generator, side: int,
-               what: str) -> PlacedLesion:
+               what: str) -> tuple[PlacedLesion, np.ndarray, np.ndarray]:
+    """Draw, match and place one lesion: (lesion, its square patch in model space, its blend opacity)."""
     from mcfast.pathology.placement import place_patch
     from mcfast.pathology.transform import prepare_patch
 
@@ -126,7 +126,6 @@ def _place_one(recipe: Recipe, spec, anatomy: Anatomy, free: np.ndarray, rng: np
     patch_model = to_model(modality, placed.canvas[y:y + h, x:x + w])
     meta = {k: v for k, v in patch.meta.items()
             if isinstance(v, (int, float, str, bool, list, tuple, np.generic)) or v is None}
-    meta["_patch_model"] = patch_model
-    meta["_alpha"] = blend_alpha(patch.mask)
-    return PlacedLesion(placed.mask.astype(np.uint8), tuple(int(v) for v in placed.box), (x, y, w, h),
-                        tuple(float(v) for v in placed.center), spec.category, patch.source, meta)
+    lesion = PlacedLesion(placed.mask.astype(np.uint8), tuple(int(v) for v in placed.box), (x, y, w, h),
+                          tuple(float(v) for v in placed.center), spec.category, patch.source, meta)
+    return lesion, patch_model, blend_alpha(patch.mask)

@@ -83,7 +83,7 @@ def _read_anatomy_file(modality: str, path: Path, size: int, rng: np.random.Gene
     if modality == "ct":
         if path.is_dir() or path.suffix.lower() in (".dcm", ""):
             data = _ct_volume(str(path))
-            hu = getattr(data, "hu")
+            hu = data.hu
             if hu.ndim == 3:
                 if slice_index >= 0:
                     if slice_index >= hu.shape[0]:
