@@ -237,3 +237,20 @@ def test_synthesize_style_folder_with_coco_json(tmp_path):
     assert syn.labels.tolist() == [0, 1, 0, 1]
     assert syn.names == [f"{i:06d}/image.png" for i in range(4)] and len(set(syn.groups.tolist())) == 4
     assert clf.read_provenance(tmp_path)["content"] == {"recipe": {"modality": "mg"}}
+
+
+@pytest.mark.data
+def test_mias_breast_framing_matches_synthesis(shared_data):
+    """framing='breast' crops to the breast with the chest wall on the left, like synthetic mammograms."""
+    from mcfast.evaluate.classifier import load_mias
+
+    film = load_mias(shared_data / "mias", 32)
+    breast = load_mias(shared_data / "mias", 32, framing="breast")
+    assert breast.images.shape == film.images.shape
+
+    def chest_wall_left(images):
+        return (images[:, :, :8].mean(axis=(1, 2)) > images[:, :, -8:].mean(axis=(1, 2))).mean()
+
+    # films show left and right breasts as scanned; the breast framing puts every chest wall on the left
+    assert chest_wall_left(breast.images) >= 0.95
+    assert chest_wall_left(film.images) < 0.7

@@ -54,6 +54,9 @@ class DataConfig:
     split_seed: int = 0
     split_fractions: list = field(default_factory=lambda: [0.6, 0.2, 0.2])
     ct_window: str = "lung"
+    # "film": the whole 1024² MIAS film shrunk; "breast": cropped to the breast, chest wall left
+    # (mcfast.io.mammo.prepare_mammogram) — the framing of mcfast's synthetic mammograms.
+    mg_framing: str = "film"
     ct_patch_px: int = 96              # native-resolution patch side for the CT variant
     ct_group_slices: int = 2           # consecutive slice positions that form one split group
     ct_negatives_per_positive: float = 1.5
@@ -167,6 +170,8 @@ def validate_config(cfg: EvalConfig, where: str = "config") -> None:
         raise InputError(f"{where}: data.dataset must be 'mias', 'ct' or 'folder', got {d.dataset!r}")
     if d.image_size < 8:
         raise InputError(f"{where}: data.image_size must be >= 8, got {d.image_size}")
+    if d.mg_framing not in ("film", "breast"):
+        raise InputError(f"{where}: data.mg_framing must be 'film' or 'breast', got {d.mg_framing!r}")
     if d.ct_window not in CT_WINDOWS:
         raise InputError(f"{where}: data.ct_window must be one of {sorted(CT_WINDOWS)}, got {d.ct_window!r}")
     if not s.seeds or any(not isinstance(x, int) for x in s.seeds):
@@ -326,8 +331,12 @@ def load_labeled_folder(folder: str | Path, image_size: int, modality: str = "mg
                          [str(f.relative_to(folder)) for f, _, _ in entries])
 
 
-def load_mias(root: str | Path, image_size: int) -> LabeledImages:
-    """MIAS images (``images/mdbNNN.png``) with abnormal/normal labels from Info.txt, grouped by woman."""
+def load_mias(root: str | Path, image_size: int, framing: str = "film") -> LabeledImages:
+    """MIAS images (``images/mdbNNN.png``) with abnormal/normal labels from Info.txt, grouped by woman.
+
+    ``framing`` "film" shrinks the whole film; "breast" crops to the breast with the chest wall on the
+    left as ``mcfast.io.mammo.prepare_mammogram`` does for synthesis, so real and synthetic images match.
+    """
     root = Path(root)
     labels = mias_labels(root / "Info.txt")
     files = sorted((root / "images").glob("mdb*.png")) + sorted((root / "images").glob("mdb*.pgm"))
@@ -341,7 +350,12 @@ def load_mias(root: str | Path, image_size: int) -> LabeledImages:
     for f in files:
         with Image.open(f) as im:
             arr = np.asarray(im)
-        images.append(_to_model(arr.astype(np.float64) / np.iinfo(arr.dtype).max, image_size))
+        unit = arr.astype(np.float64) / np.iinfo(arr.dtype).max
+        if framing == "breast":
+            from mcfast.io.mammo import prepare_mammogram
+
+            unit = prepare_mammogram(unit.astype(np.float32), image_size)[0]
+        images.append(_to_model(unit, image_size))
     return LabeledImages(np.stack(images), np.array([labels[f.stem] for f in files], dtype=np.int64),
                          np.array([mias_woman(f.stem) for f in files], dtype=object), [f.stem for f in files])
 
@@ -518,7 +532,7 @@ def load_real(cfg: EvalConfig) -> LabeledImages:
     """The real set named by ``cfg.data``."""
     d = cfg.data
     if d.dataset == "mias":
-        return load_mias(d.root, d.image_size)
+        return load_mias(d.root, d.image_size, d.mg_framing)
     if d.dataset == "ct":
         return load_ct_patches(d.root, d.image_size, d.ct_patch_px, d.ct_window, d.ct_group_slices,
                                d.ct_negatives_per_positive, d.ct_positives_per_box, d.split_seed)
