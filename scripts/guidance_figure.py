@@ -20,7 +20,7 @@ from PIL import Image
 from mcfast.diffusion.gaussian import create_diffusion
 from mcfast.diffusion.samplers import sample
 from mcfast.synthesis.agreement import condition_errors, summarise
-from mcfast.synthesis.pipeline import synthesize
+from mcfast.synthesis.pipeline import initial_noise, synthesize
 from mcfast.synthesis.plan import plan_item
 from mcfast.synthesis.recipe import load_recipe
 from mcfast.train.checkpoint import load_model
@@ -31,8 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def unguided(ckpt: Path, recipe, plans) -> np.ndarray:
     model, dkw, _ = load_model(ckpt)
     diffusion = create_diffusion(**{**dkw, "respacing": recipe.sampler.steps})
-    size = recipe.image_size
-    noise = torch.stack([torch.randn(1, size, size, generator=torch.Generator().manual_seed(p.seed)) for p in plans])
+    noise = initial_noise(plans, recipe.image_size)
     x = sample(model, diffusion, noise.shape, noise=noise, generator=torch.Generator().manual_seed(1), progress=False)
     return x.numpy()[:, 0]
 

@@ -75,6 +75,7 @@ def write_item(out: Path, plan: ItemPlan, image_model: np.ndarray, modality: str
     d = item_dir(out, plan.index)
     d.mkdir(parents=True, exist_ok=True)
     image_model = np.clip(np.asarray(image_model, dtype=np.float32), -1.0, 1.0)
+    native = from_model(modality, image_model)  # HU for CT, [0, 1] for MG: converted once, used by every writer
     labels = np.zeros(image_model.shape, dtype=np.uint8)
     for k, lesion in enumerate(plan.lesions, start=1):
         labels[lesion.mask > 0] = k
@@ -83,7 +84,7 @@ def write_item(out: Path, plan: ItemPlan, image_model: np.ndarray, modality: str
         writers.write_npy(d / "image.npy", image_model, space="model")
         files.append("image.npy")
         if modality == "ct":
-            writers.write_npy(d / "image_hu.npy", from_model("ct", image_model), space="hu")
+            writers.write_npy(d / "image_hu.npy", native, space="hu")
             files.append("image_hu.npy")
         with atomic_path(d / "labels.npy") as tmp:
             np.save(tmp, labels)
@@ -92,9 +93,8 @@ def write_item(out: Path, plan: ItemPlan, image_model: np.ndarray, modality: str
     # windows, the references and the overlay only with output.png.
     extra_png = bool(output.png)
     if modality == "ct":
-        hu = from_model("ct", image_model)
         for name in CT_WINDOWS if extra_png else CT_WINDOWS[:1]:
-            writers.write_png(d / f"{name}.png", hu, window=name)
+            writers.write_png(d / f"{name}.png", native, window=name)
             files.append(f"{name}.png")
     else:
         writers.write_png(d / "image.png", image_model, value_range=(-1.0, 1.0))
@@ -109,10 +109,9 @@ def write_item(out: Path, plan: ItemPlan, image_model: np.ndarray, modality: str
         files += ["anatomy_ref.png", "pathology_ref.png", "overlay.png"]
     if output.dicom or output.seg:
         if modality == "ct":
-            writers.write_ct_dicom(d / "image.dcm", from_model("ct", image_model), window="lung",
-                                   instance_number=plan.index + 1)
+            writers.write_ct_dicom(d / "image.dcm", native, window="lung", instance_number=plan.index + 1)
         else:
-            writers.write_mg_dicom(d / "image.dcm", from_model("mg", image_model), instance_number=plan.index + 1)
+            writers.write_mg_dicom(d / "image.dcm", native, instance_number=plan.index + 1)
         files.append("image.dcm")
         if output.seg and plan.lesions:
             writers.write_dicom_seg(d / "seg.dcm", (labels > 0).astype(np.uint8), d / "image.dcm",

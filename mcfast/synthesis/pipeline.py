@@ -12,7 +12,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -40,6 +39,11 @@ def file_sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def initial_noise(plans: list, size: int) -> torch.Tensor:
+    """x_T (B, 1, size, size) from each item's own seed: an item's start does not depend on its batch-mates."""
+    return torch.stack([torch.randn(1, size, size, generator=torch.Generator().manual_seed(p.seed)) for p in plans])
 
 
 def _dist_info() -> tuple[int, int]:
@@ -103,14 +107,11 @@ def synthesize(ckpt: str | Path, recipe: Recipe, n: int, out: str | Path, *, dev
     device_t = next(model.parameters()).device
     model_fn = make_model_fn(model, device_t, precision, channels_last=False)
     bs = batch_size or recipe.sampler.batch_size
-    size = recipe.image_size
     bar = tqdm(total=len(todo), desc=f"synthesize {recipe.modality}", unit="img", disable=not progress)
     for start in range(0, len(todo), bs):
         batch = todo[start:start + bs]
         plans = [plan_item(recipe, i) for i in batch]
-        # x_T from each item's own seed: an item's start does not depend on its batch-mates.
-        noise = torch.stack([torch.randn(1, size, size, generator=torch.Generator().manual_seed(p.seed))
-                             for p in plans]).to(device_t)
+        noise = initial_noise(plans, size).to(device_t)
         gen = torch.Generator(device=device_t).manual_seed(item_seed(recipe.seed + 1, batch[0]))
         guidance = ILVRGuidance([p.conditions for p in plans], diffusion, generator=item_seed(recipe.seed + 2, batch[0]),
                                 backend=recipe.sampler.backend)
