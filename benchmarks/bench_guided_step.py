@@ -8,7 +8,8 @@ Per configuration (batch B, size S², M conditions per image) one process measur
 - ``fused_passed``: the same op with z and the low-res reference noise passed in (pre-drawn, not timed);
 - ``copy``: ``Tensor.copy_`` of as many bytes as the fused step must move (the bandwidth roofline);
 plus the generator's throughput against torch.randn, and the guidance share of a full sampling step
-(U-Net forward + guided update) at 256².
+(U-Net forward + guided update) at 256². With a CUDA device, ``test_guided_step_cuda`` adds the GPU grid:
+the CUDA op (noise in-kernel / passed) and the Triton op against the GPU's own copy bandwidth.
 
 Bytes that must move: read x_t and the model output (ε̂, v), write x_{t−1}: 16 B/pixel (+4 B with z passed in).
 Quick mode (default): B ∈ {1, 8} at 256² with M ∈ {1, 3}. ``MCFAST_BENCH_FULL=1``: B ∈ {1, 8} ×
@@ -179,6 +180,78 @@ def test_guided_step(benchmark, bench_results, B, size, M):
     _TABLE.append(f"{B:3d} {size:5d} {M:2d} | {t_ref * 1e3:7.2f} {comp_txt} {t_fused * 1e3:8.2f} {t_passed * 1e3:7.2f} "
                   f"| {t_ref / t_fused:5.1f}x {sp_comp} | {nbytes / t_fused / 1e9:9.2f} "
                   f"{res['passed_fraction_of_copy_bw'] * 100:8.0f}%")
+
+
+def _cuda_time(fn, reps: int = 50) -> float:
+    """Median seconds per call of fn() on the GPU (CUDA events around each call, after a warm-up)."""
+    fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return statistics.median(times)
+
+
+GPU_GRID = [(b, s, m) for b in (1, 8) for s in (256, 512, 1024) for m in (1, 3, 8)]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (the GPU rows of the grid)")
+@pytest.mark.parametrize("B,size,M", GPU_GRID, ids=[f"cuda-B{b}-{s}px-M{m}" for b, s, m in GPU_GRID])
+@torch.no_grad()
+def test_guided_step_cuda(benchmark, bench_results, B, size, M):
+    """CUDA op (in-kernel noise, and noise passed in) and the Triton op against the GPU's copy bandwidth."""
+    from mcfast.ops.triton_kernels import guided_step_triton
+
+    dev = torch.device("cuda")
+    diffusion = create_diffusion(T=1000, schedule="linear", model_var_type="learned_range")
+    x = torch.randn(B, 1, size, size, device=dev)
+    mo = torch.randn(B, 2, size, size, device=dev) * 0.5
+    conds = _conditions(B, size, M)
+    packed = pack_conditions(conds, size, size, dev)
+    coefs, learned = step_coefficients(diffusion, STEP, "ddpm", 0.0, B)
+    active = torch.ones(B, M, dtype=torch.bool)
+    z = torch.randn(B, 1, size, size, device=dev)
+    ref_noise = torch.randn(packed.refs.numel(), device=dev) * 0.1
+    host = (packed.ref_offsets, packed.factors, active, packed.weight_kind, packed.patch)
+    op = torch.ops.mcfast.guided_step
+
+    def fused():  # what try_fused_step sends: small tables on the host, noise drawn in-kernel
+        return op(x, mo, coefs, None, None, packed.refs, host[0], host[1], host[2], host[3], host[4],
+                  packed.weight_maps, packed.weight_offsets, 7, STEP, learned, True)
+
+    def fused_passed():
+        return op(x, mo, coefs, z, ref_noise, packed.refs, host[0], host[1], host[2], host[3], host[4],
+                  packed.weight_maps, packed.weight_offsets, 7, STEP, learned, True)
+
+    dev_tables = packed.tables_on(dev)
+    dcoefs, dactive = coefs.to(dev), active.to(dev)
+
+    def triton_passed():
+        return guided_step_triton(x, mo, dcoefs, z, ref_noise, packed.refs, dev_tables[0], dev_tables[1], dactive,
+                                  dev_tables[2], dev_tables[3], packed.weight_maps, dev_tables[4], 7, STEP, learned,
+                                  True)
+
+    nbytes = B * size * size * 4 * 4
+    src = torch.randn(nbytes // 8, device=dev)
+    dst = torch.empty_like(src)
+    copy_bw = 2 * src.numel() * 4 / _cuda_time(lambda: dst.copy_(src))
+    benchmark.pedantic(lambda: (fused(), torch.cuda.synchronize()), rounds=20, warmup_rounds=2)
+    t_fused, t_passed, t_triton = _cuda_time(fused), _cuda_time(fused_passed), _cuda_time(triton_passed)
+    passed_bytes = nbytes + B * size * size * 4
+    res = {"t_cuda_fused_s": t_fused, "t_cuda_passed_s": t_passed, "t_triton_passed_s": t_triton,
+           "copy_GBps": copy_bw / 1e9, "cuda_fused_GBps": nbytes / t_fused / 1e9,
+           "cuda_passed_fraction_of_copy_bw": passed_bytes / t_passed / copy_bw,
+           "triton_passed_fraction_of_copy_bw": passed_bytes / t_triton / copy_bw,
+           "gpu": torch.cuda.get_device_name(0)}
+    bench_results.record("guided_step_cuda", benchmark, config={"B": B, "size": size, "M": M}, extra=res)
+    _TABLE.append(f"cuda B{B} {size}² M{M}: fused {t_fused * 1e6:.1f} us, passed {t_passed * 1e6:.1f} us "
+                  f"({res['cuda_passed_fraction_of_copy_bw'] * 100:.0f}% of copy {copy_bw / 1e9:.0f} GB/s), "
+                  f"triton {t_triton * 1e6:.1f} us ({res['triton_passed_fraction_of_copy_bw'] * 100:.0f}%)")
 
 
 @torch.no_grad()

@@ -70,22 +70,32 @@ inline GuidedPlan plan_guided_step(const at::Tensor& x_t, const at::Tensor& mode
   TORCH_CHECK(model_output.is_contiguous(), op, "model_output must be contiguous");
   TORCH_CHECK(coefs.dim() == 2 && coefs.size(0) == B && coefs.size(1) == kNumCoefs, op,
               "coefs must have shape (B, 9) = (", B, ", 9), got ", coefs.sizes());
+  // The small tables (coefs and the (B, M) ones) may stay on the host when x_t is on a GPU: the CUDA kernel
+  // then ships them with one asynchronous copy instead of reading device tables back (a sync per step).
+  auto check_host_or_same = [&](const at::Tensor& t, const char* name) {
+    TORCH_CHECK(t.device() == dev || t.device().is_cpu(), op, name, " is on ", t.device(), " but x_t is on ", dev,
+                " (the small tables may also be on the CPU)");
+  };
   TORCH_CHECK(noise.has_value() == ref_noise.has_value(), op,
               "pass both noise and ref_noise, or neither (then noise is drawn in-kernel from seed and offset)");
-  auto check_float = [&](const at::Tensor& t, const char* name) {
+  auto check_float = [&](const at::Tensor& t, const char* name, bool table) {
     TORCH_CHECK(t.scalar_type() == at::kFloat, op, name, " must be float32, got ", t.scalar_type());
     TORCH_CHECK(t.is_contiguous(), op, name, " must be contiguous");
-    TORCH_CHECK(t.device() == dev, op, name, " is on ", t.device(), " but x_t is on ", dev);
+    if (table) {
+      check_host_or_same(t, name);
+    } else {
+      TORCH_CHECK(t.device() == dev, op, name, " is on ", t.device(), " but x_t is on ", dev);
+    }
   };
-  check_float(coefs, "coefs");
-  check_float(refs, "refs");
-  check_float(weight_maps, "weight_maps");
-  check_float(patch, "patch");
+  check_float(coefs, "coefs", true);
+  check_float(refs, "refs", false);
+  check_float(weight_maps, "weight_maps", false);
+  check_float(patch, "patch", true);
   TORCH_CHECK(refs.dim() == 1, op, "refs must be 1-D (the low-passed references, flattened), got ", refs.sizes());
   TORCH_CHECK(weight_maps.dim() == 1, op, "weight_maps must be 1-D, got ", weight_maps.sizes());
   if (noise.has_value()) {
-    check_float(*noise, "noise");
-    check_float(*ref_noise, "ref_noise");
+    check_float(*noise, "noise", false);
+    check_float(*ref_noise, "ref_noise", false);
     TORCH_CHECK(noise->sizes() == x_t.sizes(), op, "noise must have the shape of x_t ", x_t.sizes(), ", got ",
                 noise->sizes());
     TORCH_CHECK(ref_noise->sizes() == refs.sizes(), op, "ref_noise must have the shape of refs ", refs.sizes(),
@@ -97,7 +107,7 @@ inline GuidedPlan plan_guided_step(const at::Tensor& x_t, const at::Tensor& mode
     TORCH_CHECK(t.dim() == 2 && t.size(0) == B && t.size(1) == M, op, name, " must have shape (B, M) = (", B, ", ",
                 M, "), got ", t.sizes());
     TORCH_CHECK(t.scalar_type() == st, op, name, " must be ", st, ", got ", t.scalar_type());
-    TORCH_CHECK(t.device() == dev, op, name, " is on ", t.device(), " but x_t is on ", dev);
+    check_host_or_same(t, name);
   };
   TORCH_CHECK(factors.dim() == 2 && factors.size(0) == B, op, "factors must have shape (B, M), got ",
               factors.sizes());
@@ -109,7 +119,7 @@ inline GuidedPlan plan_guided_step(const at::Tensor& x_t, const at::Tensor& mode
   TORCH_CHECK(patch.dim() == 3 && patch.size(0) == B && patch.size(1) == M && patch.size(2) == kNumPatch, op,
               "patch must have shape (B, M, 7), got ", patch.sizes());
 
-  // The tables are tiny: read them on the host (on CUDA this is one small synchronous copy).
+  // The tables are tiny: read them on the host (device tables cost one small synchronous copy).
   auto host = [](const at::Tensor& t) { return t.to(at::kCPU).contiguous(); };
   const at::Tensor f = host(factors), ro = host(ref_offsets), ac = host(active), wk = host(weight_kind),
                    wo = host(weight_offsets), pa = host(patch);

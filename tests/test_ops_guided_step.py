@@ -142,8 +142,10 @@ def test_cuda_and_triton_match_cpu(noise, dtype):
     want = OP(*args, 9, 2, True, True).float()
     cuda_args = [a.cuda() if isinstance(a, torch.Tensor) else a for a in args]
     tol = 1e-4 if dtype == torch.float32 else 2 ** -7
-    for fn in (OP, guided_step_triton):
-        got = fn(*cuda_args, 9, 2, True, True).float().cpu()
+    # the C++ op also takes coefs and the (B, M) tables on the host (what try_fused_step passes on CUDA)
+    host_tables = [a if i in (2, 6, 7, 8, 9, 10, 12) else c for i, (a, c) in enumerate(zip(args, cuda_args))]
+    for fn, fn_args in ((OP, cuda_args), (OP, host_tables), (guided_step_triton, cuda_args)):
+        got = fn(*fn_args, 9, 2, True, True).float().cpu()
         torch.testing.assert_close(got, want, rtol=tol, atol=tol)
     torch.library.opcheck(OP.default, tuple(cuda_args) + (9, 2, True, True))
     bits = torch.empty(64, 4, dtype=torch.int32, device="cuda")
@@ -151,3 +153,31 @@ def test_cuda_and_triton_match_cpu(noise, dtype):
     ref = torch.empty(64, 4, dtype=torch.int32)
     torch.ops.mcfast.philox_bits_(ref, 5, 6, 7, 8)
     assert torch.equal(bits.cpu(), ref)
+
+
+@pytest.mark.parametrize("noise", [True, False])
+def test_strips_running_sums_and_patch_boxes_at_the_edges(noise):
+    """Several strips per image (H=128 → strips of 64 rows), block rows taller than the row group (running
+    sums), patch boxes crossing a strip boundary, leaving the image, with fractional or empty extents."""
+    factors = ((16, 2, 4, 8, 1), (4, 16, 1, 2, 8))
+    kinds = ((0, 1, 1, 2, 1), (1, 0, 1, 1, 1))
+    args = packed_args(B=2, H=128, W=64, factors=factors, kinds=kinds, noise=noise)
+    boxes = {  # (b, m): cx, cy, sigma, box x, y, w, h
+        (0, 1): (20.0, 64.0, 9.0, 5.0, 50.0, 30.0, 30.0),      # crosses the strip boundary at y = 64
+        (0, 2): (60.0, 120.0, 6.0, 50.0, 110.0, 40.0, 40.0),   # runs past the right and bottom edges
+        (0, 4): (3.0, 3.0, 4.0, -6.5, -3.25, 12.5, 9.75),      # negative, fractional corner
+        (1, 0): (32.0, 70.0, 12.0, 1.5, 33.5, 61.0, 60.5),     # fractional box, both strips
+        (1, 2): (10.0, 10.0, 3.0, 8.0, 8.0, 0.0, 5.0),         # empty
+        (1, 3): (40.0, 100.0, 5.0, 130.0, 90.0, 10.0, 10.0),   # entirely outside
+        (1, 4): (30.0, 63.0, 7.0, 17.0, 57.0, 23.0, 14.0),     # unaligned to its factor 8, crosses y = 64
+    }
+    for (b, m), params in boxes.items():
+        args[10][b, m] = torch.tensor(params)
+    if noise:
+        want = guided_step_reference(*args, True, True)
+        out = OP(*args, 0, 0, True, True)
+    else:
+        z, ref_noise = philox_noise(5, 9, tuple(args[0].shape), args[7], args[6], args[8], args[5].numel())
+        want = guided_step_reference(*(args[:3] + [z, ref_noise] + args[5:]), True, True)
+        out = OP(*args, 5, 9, True, True)
+    torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)

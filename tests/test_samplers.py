@@ -120,7 +120,7 @@ def test_bad_arguments():
 
 
 def test_sample_command_model_wrapper_precisions():
-    from mcfast.commands.sample import make_model_fn
+    from mcfast.models.inference import make_model_fn
     from mcfast.models.unet import UNetModel
 
     torch.manual_seed(0)

@@ -242,14 +242,23 @@ at::Tensor guided_step_cuda(const at::Tensor& x_t, const at::Tensor& model_outpu
     }
     start[b + 1] = static_cast<int32_t>(conds.size());
   }
+  // One pinned buffer → one asynchronous copy on the current stream: the conditions, the per-image start
+  // indices and, when coefs came on the host, the coefficients (the caching host allocator keeps the buffer
+  // alive until the copy has run).
   const int64_t cond_bytes = static_cast<int64_t>(conds.size() * sizeof(DevCond));
-  at::Tensor table = at::empty({cond_bytes + static_cast<int64_t>(start.size() * sizeof(int32_t))},
-                               at::TensorOptions().dtype(at::kByte).pinned_memory(true));
+  const int64_t start_bytes = static_cast<int64_t>(start.size() * sizeof(int32_t));
+  const int64_t coef_at = (cond_bytes + start_bytes + 15) / 16 * 16;
+  const bool host_coefs = coefs.device().is_cpu();
+  const int64_t coef_bytes = host_coefs ? coefs.numel() * static_cast<int64_t>(sizeof(float)) : 0;
+  at::Tensor table = at::empty({coef_at + coef_bytes}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
   std::memcpy(table.data_ptr<uint8_t>(), conds.data(), cond_bytes);
-  std::memcpy(table.data_ptr<uint8_t>() + cond_bytes, start.data(), start.size() * sizeof(int32_t));
+  std::memcpy(table.data_ptr<uint8_t>() + cond_bytes, start.data(), start_bytes);
+  if (host_coefs) std::memcpy(table.data_ptr<uint8_t>() + coef_at, coefs.data_ptr<float>(), coef_bytes);
   at::Tensor dev_table = table.to(x_t.device(), /*non_blocking=*/true);
+  const float* dev_coefs = host_coefs ? reinterpret_cast<const float*>(dev_table.data_ptr<uint8_t>() + coef_at)
+                                      : coefs.data_ptr<float>();
 
-  DevArgs a{coefs.data_ptr<float>(),
+  DevArgs a{dev_coefs,
             noise ? noise->data_ptr<float>() : nullptr,
             ref_noise ? ref_noise->data_ptr<float>() : nullptr,
             refs.numel() ? refs.data_ptr<float>() : nullptr,

@@ -3,19 +3,13 @@ from __future__ import annotations
 
 import argparse
 import json
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from mcfast.errors import InputError
-
-# Fastest configuration measured by benchmarks/bench_unet.py ("small" U-Net, 2-core AMD EPYC with avx512_bf16):
-# bf16 autocast + channels_last took 2.0 s per 256² DDPM step vs 4.5 s in fp32 (results/bench_unet.json).
-# On GPUs bf16 is the usual best too; CUDA devices without bf16 fall back to fp16.
-DEFAULT_PRECISION = "bf16"
-DEFAULT_CHANNELS_LAST = True
+from mcfast.models.inference import DEFAULT_CHANNELS_LAST, DEFAULT_PRECISION, PRECISIONS, make_model_fn
 
 
 def register(subparsers) -> None:
@@ -34,7 +28,7 @@ def register(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=16, help="images per model call (default 16)")
     p.add_argument("--no-clip", action="store_true", help="do not clip the x0 prediction to [-1, 1]")
     p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA weights")
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default=DEFAULT_PRECISION,
+    p.add_argument("--precision", choices=PRECISIONS, default=DEFAULT_PRECISION,
                    help=f"autocast precision of the network (default {DEFAULT_PRECISION}, the fastest measured; "
                         "fp32 for bit-exact comparisons)")
     p.add_argument("--channels-last", dest="channels_last", action="store_true", default=DEFAULT_CHANNELS_LAST,
@@ -44,25 +38,6 @@ def register(subparsers) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
-
-
-def make_model_fn(model: torch.nn.Module, device: torch.device, precision: str, channels_last: bool):
-    """Wrap ``model`` as ``fn(x, t)`` running under the requested autocast precision and memory format."""
-    if precision == "fp16" and device.type != "cuda":
-        raise InputError("--precision fp16 needs a CUDA device; use bf16 or fp32 on CPU")
-    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        precision = "fp16"
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-
-    def fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        ctx = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
-        with ctx:
-            return model(x, t).float()
-    return fn
 
 
 def run(args: argparse.Namespace) -> int:

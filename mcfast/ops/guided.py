@@ -43,7 +43,12 @@ _logged: set[str] = set()
 
 @dataclass
 class PackedConditions:
-    """The per-run tables of the fused op (see docs/kernels.md); ``active`` is filled per step."""
+    """The per-run tables of the fused op (see docs/kernels.md); ``active`` is filled per step.
+
+    ``refs`` and ``weight_maps`` live on the samples' device; the small (B, M) tables stay on the host,
+    which the C++ op accepts on every device (on CUDA it ships them with one asynchronous copy, so a
+    step never waits for the GPU). :meth:`tables_on` gives device copies for kernels that need them.
+    """
 
     conditions: list[list[Any]]      # kept alive so the id-based cache key stays valid
     refs: Tensor                     # float32 (R,): every down_N(ref), flattened
@@ -55,6 +60,19 @@ class PackedConditions:
     weight_offsets: Tensor           # int64 (B, M)
     stop_steps: list[list[int]]
     low_sizes: list[list[int]]
+    _device_tables: dict | None = None
+
+    def tables_on(self, device: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """(ref_offsets, factors, weight_kind, patch, weight_offsets) on ``device`` (copied once, cached)."""
+        host = (self.ref_offsets, self.factors, self.weight_kind, self.patch, self.weight_offsets)
+        if device.type == "cpu":
+            return host
+        if self._device_tables is None:
+            self._device_tables = {}
+        key = str(device)
+        if key not in self._device_tables:
+            self._device_tables[key] = tuple(t.to(device) for t in host)
+        return self._device_tables[key]
 
 
 _packed: "OrderedDict[tuple, PackedConditions]" = OrderedDict()
@@ -116,9 +134,8 @@ def pack_conditions(per_image: Sequence[Sequence[Any]], height: int, width: int,
     packed = PackedConditions(
         conditions=[list(c) for c in per_image],
         refs=(torch.cat(refs) if refs else torch.zeros(0)).to(device),
-        ref_offsets=ref_offsets.to(device), factors=factors.to(device), weight_kind=weight_kind.to(device),
-        patch=patch.to(device), weight_maps=(torch.cat(maps) if maps else torch.zeros(0)).to(device),
-        weight_offsets=weight_offsets.to(device),
+        ref_offsets=ref_offsets, factors=factors, weight_kind=weight_kind, patch=patch,
+        weight_maps=(torch.cat(maps) if maps else torch.zeros(0)).to(device), weight_offsets=weight_offsets,
         stop_steps=[[c.stop_step for c in conds] for conds in per_image],
         low_sizes=[[(height // c.factor) * (width // c.factor) for c in conds] for conds in per_image])
     _packed[key] = packed
@@ -282,6 +299,19 @@ def try_fused_step(x_t: Tensor, model_output: Tensor, diffusion: Any, i: int,
             gen_device = generator.device if generator is not None else torch.device("cpu")
             seed = int(torch.randint(0, 2 ** 62, (1,), generator=generator, device=gen_device).item())
         seed_value = int(seed)
-    return kernel(x_in, mo, coefs.to(x_t.device), z, ref_noise, packed.refs, packed.ref_offsets, packed.factors,
-                  active.to(x_t.device), packed.weight_kind, packed.patch, packed.weight_maps,
-                  packed.weight_offsets, seed_value, int(i), learned, bool(clip_denoised))
+    if kernel is torch.ops.mcfast.guided_step:
+        # the C++ op takes the small tables on the host on every device (no device-to-host sync per step)
+        ref_offsets, factors, weight_kind, patch, weight_offsets = (
+            packed.ref_offsets, packed.factors, packed.weight_kind, packed.patch, packed.weight_offsets)
+    else:
+        ref_offsets, factors, weight_kind, patch, weight_offsets = packed.tables_on(x_t.device)
+        coefs, active = _to_device(coefs, x_t.device), _to_device(active, x_t.device)
+    return kernel(x_in, mo, coefs, z, ref_noise, packed.refs, ref_offsets, factors, active, weight_kind, patch,
+                  packed.weight_maps, weight_offsets, seed_value, int(i), learned, bool(clip_denoised))
+
+
+def _to_device(t: Tensor, device: torch.device) -> Tensor:
+    """A small host tensor on ``device``; to a GPU through pinned memory, so the copy does not wait."""
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)

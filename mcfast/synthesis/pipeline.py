@@ -71,7 +71,7 @@ def _check_provenance(out: Path, provenance: dict) -> None:
 def synthesize(ckpt: str | Path, recipe: Recipe, n: int, out: str | Path, *, device: str | None = None,
                precision: str = "fp32", batch_size: int | None = None, progress: bool = True) -> SynthesisResult:
     """Make ``n`` annotated images from the run at ``ckpt`` following ``recipe`` into ``out``."""
-    from mcfast.commands.sample import make_model_fn
+    from mcfast.models.inference import make_model_fn
     from mcfast.diffusion.gaussian import create_diffusion
     from mcfast.diffusion.samplers import sample
     from mcfast.guidance.ilvr import ILVRGuidance
