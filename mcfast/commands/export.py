@@ -5,7 +5,7 @@ import argparse
 import json
 from pathlib import Path
 
-from mcfast.export.build import OPS_CHOICES
+from mcfast.export import OPS_CHOICES
 
 
 def register(subparsers) -> None:

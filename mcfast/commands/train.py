@@ -9,8 +9,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
-
 from mcfast.errors import InputError
 
 # Training options whose value on --resume comes from the run unless given again.
@@ -101,6 +99,7 @@ def _model_config(args, image_size: int, learn_sigma: bool) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
     from mcfast.diffusion.gaussian import create_diffusion
     from mcfast.models.unet import UNetModel
     from mcfast.train.checkpoint import read_config

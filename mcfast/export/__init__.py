@@ -8,10 +8,24 @@
 - :mod:`.jit_compat` — TorchScript calls with only torch 2.14's deprecation FutureWarning filtered.
 - :mod:`.build` — ``export_torchscript`` / ``export_pt2`` from a run folder (used by ``mcfast export``).
 """
-from mcfast.export.build import export_pt2, export_torchscript
-from mcfast.export.inputs import load_inputs, pack_conditions, save_inputs
-from mcfast.export.runtime import load_ops_library, load_sampler, sampler_metadata
-from mcfast.export.torchscript import GuidedSampler, build_sampler, script_sampler
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# Loaded on first use, so that `mcfast export --help` (which only needs the option names) does not import torch.
+_WHERE = {
+    "export_pt2": "build", "export_torchscript": "build",     "load_inputs": "inputs", "pack_conditions": "inputs", "save_inputs": "inputs",
+    "load_ops_library": "runtime", "load_sampler": "runtime", "sampler_metadata": "runtime",
+    "GuidedSampler": "torchscript", "build_sampler": "torchscript", "script_sampler": "torchscript",
+}
+OPS_CHOICES = ("auto", "require", "off")  # `mcfast export --ops`; defined here so the CLI needs no torch
 
 __all__ = ["GuidedSampler", "build_sampler", "script_sampler", "export_torchscript", "export_pt2",
            "pack_conditions", "save_inputs", "load_inputs", "load_ops_library", "load_sampler", "sampler_metadata"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        return getattr(importlib.import_module(f"mcfast.export.{_WHERE[name]}"), name)
+    raise AttributeError(f"module 'mcfast.export' has no attribute {name!r}")

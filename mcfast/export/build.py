@@ -6,9 +6,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from mcfast.errors import CheckpointError, InputError
+from mcfast.export import OPS_CHOICES
 from mcfast.export.torchscript import build_sampler, respacing_for, script_sampler
-
-OPS_CHOICES = ("auto", "require", "off")
 
 
 def _resolve_ops(ops: str) -> Optional[bool]:

@@ -8,11 +8,6 @@ import torch
 
 from mcfast.errors import InputError
 
-# Fastest configuration measured by benchmarks/bench_unet.py ("small" U-Net, 2-core AMD EPYC with avx512_bf16):
-# bf16 autocast + channels_last took 2.0 s per 256² DDPM step vs 4.5 s in fp32 (results/bench_unet.json).
-# On GPUs bf16 is the usual best too; CUDA devices without bf16 fall back to fp16.
-DEFAULT_PRECISION = "bf16"
-DEFAULT_CHANNELS_LAST = True
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 
@@ -27,7 +22,7 @@ def make_model_fn(model: torch.nn.Module, device: torch.device, precision: str,
     if precision == "fp16" and device.type != "cuda":
         raise InputError("--precision fp16 needs a CUDA device; use bf16 or fp32 on CPU")
     if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        precision = "fp16"
+        precision = "fp16"  # CUDA devices without bf16
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
