@@ -11,6 +11,8 @@ from PIL import Image
 
 from mcfast.errors import InputError
 from mcfast.evaluate import classifier as clf
+from mcfast.evaluate import config as ecfg
+from mcfast.evaluate import data as edata
 from mcfast.evaluate.splits import group_split, mias_labels, mias_woman
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -48,8 +50,8 @@ def make_labelled_folder(root: Path, n: int, seed: int, layout: str = "subfolder
     return root
 
 
-def tiny_config(tmp_path: Path, synthetic_dir: Path | None) -> clf.EvalConfig:
-    cfg = clf.EvalConfig()
+def tiny_config(tmp_path: Path, synthetic_dir: Path | None) -> ecfg.EvalConfig:
+    cfg = ecfg.EvalConfig()
     cfg.data.dataset = "folder"
     cfg.data.root = str(make_labelled_folder(tmp_path / "real", 24, seed=1, layout="json"))
     cfg.data.image_size = 32
@@ -67,9 +69,9 @@ def test_tiny_study_has_every_increment_and_valid_metrics(tmp_path):
     synth = make_labelled_folder(tmp_path / "synth", 10, seed=2)
     (synth / "provenance.json").write_text(json.dumps({"recipe": "tiny", "seed": 7}))
     cfg = tiny_config(tmp_path, synth)
-    real = clf.load_real(cfg)
+    real = edata.load_real(cfg)
     assert real.images.shape == (24, 32, 32) and real.images.min() >= -1 and real.images.max() <= 1
-    synthetic = clf.load_synthetic(cfg)
+    synthetic = edata.load_synthetic(cfg)
     assert len(synthetic) == 10 and set(synthetic.labels.tolist()) == {0, 1}
     results = clf.run_classifier_study(cfg, real, synthetic)
     incs = [r["increment"] for r in results["rows"]]
@@ -95,7 +97,7 @@ def test_tiny_study_has_every_increment_and_valid_metrics(tmp_path):
 def test_without_synthetic_only_baseline_runs_and_rest_is_pending(tmp_path):
     cfg = tiny_config(tmp_path, None)
     cfg.study.increments = [0.0, 0.33]
-    results = clf.run_classifier_study(cfg, clf.load_real(cfg), None)
+    results = clf.run_classifier_study(cfg, edata.load_real(cfg), None)
     assert [r["increment"] for r in results["rows"]] == [0.0]
     assert results["skipped"][0]["increment"] == 0.33
     assert "pending" in clf.results_table_markdown(results)
@@ -103,7 +105,7 @@ def test_without_synthetic_only_baseline_runs_and_rest_is_pending(tmp_path):
 
 def test_training_is_reproducible_for_a_seed(tmp_path):
     cfg = tiny_config(tmp_path, None)
-    real = clf.load_real(cfg)
+    real = edata.load_real(cfg)
     a, _ = clf.train_binary_classifier(real.images, real.labels, None, None, cfg.train, seed=3)
     b, _ = clf.train_binary_classifier(real.images, real.labels, None, None, cfg.train, seed=3)
     assert np.array_equal(clf.predict_scores(a, real.images[:4]), clf.predict_scores(b, real.images[:4]))
@@ -135,20 +137,20 @@ def test_bad_inputs_give_clear_errors(tmp_path):
     bad = tmp_path / "cfg.toml"
     bad.write_text("[data]\nimage_sise = 32\n")
     with pytest.raises(InputError, match="image_sise"):
-        clf.load_config(bad)
+        ecfg.load_config(bad)
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(InputError, match="no labelled images"):
-        clf.load_labeled_folder(empty, 32)
+        edata.load_labeled_folder(empty, 32)
     np.save(tmp_path / "hu.npy", np.full((8, 8), 500.0))
     with pytest.raises(InputError, match=r"hu\.npy.*\[-1, 1\]"):
-        clf.read_image_file(tmp_path / "hu.npy")
+        edata.read_image_file(tmp_path / "hu.npy")
 
 
 def test_repo_configs_parse():
     root = Path(__file__).resolve().parents[1]
     for name in ("eval_classifier_mias.toml", "eval_classifier_ci.toml", "eval_classifier_ct.toml"):
-        cfg = clf.load_config(root / "configs" / name)
+        cfg = ecfg.load_config(root / "configs" / name)
         assert cfg.train.model.startswith("convnext")
 
 
@@ -170,7 +172,7 @@ def test_ct_patches_from_lung_pet_ct_dx():
     root = DATA / "lung-pet-ct-dx" / "A0001"
     if not (root / "dicom").is_dir():
         pytest.skip(f"Lung-PET-CT-Dx not found at {root}")
-    real = clf.load_ct_patches(root, image_size=32, patch_px=64, seed=0)
+    real = edata.load_ct_patches(root, image_size=32, patch_px=64, seed=0)
     assert real.images.shape[1:] == (32, 32) and -1 <= real.images.min() and real.images.max() <= 1
     n_pos = int(real.labels.sum())
     assert n_pos > 0 and len(real) - n_pos > 0
@@ -192,7 +194,7 @@ def _phantom_slice_png(path: Path, nodule: tuple[int, int] | None, rng) -> None:
     if nodule:
         hu[(yy - nodule[1]) ** 2 + (xx - nodule[0]) ** 2 < 36] = 30
     hu += rng.normal(0, 20, hu.shape)
-    center, width = clf.CT_WINDOWS["lung"]
+    center, width = edata.CT_WINDOWS["lung"]
     Image.fromarray((np.clip((hu - center + width / 2) / width, 0, 1) * 255).astype(np.uint8)).save(path)
 
 
@@ -208,10 +210,10 @@ def test_ct_synthetic_coco_slices_are_cut_into_patches(tmp_path):
         if nodule:
             coco["annotations"].append({"id": i, "image_id": i, "category_id": 1, "bbox": [32, 54, 12, 12]})
     (folder / "coco.json").write_text(json.dumps(coco))  # the name `mcfast synthesize` writes
-    cfg = clf.EvalConfig()
+    cfg = ecfg.EvalConfig()
     cfg.data.dataset, cfg.data.image_size, cfg.data.ct_patch_px = "ct", 32, 40
     cfg.data.ct_positives_per_box, cfg.data.ct_negatives_per_positive = 2, 1.0
-    syn = clf.load_synthetic(cfg, folder)
+    syn = edata.load_synthetic(cfg, folder)
     assert int(syn.labels.sum()) == 4  # 2 slices x 1 box x 2 crops
     assert int((syn.labels == 0).sum()) == 4 + 2  # 1 per tumour crop, 2 from the clear slice
     assert syn.images.shape[1:] == (32, 32)
@@ -233,16 +235,16 @@ def test_synthesize_style_folder_with_coco_json(tmp_path):
             coco["annotations"].append({"id": i, "image_id": i + 1, "category_id": 1, "bbox": [5, 5, 10, 10]})
     (tmp_path / "coco.json").write_text(json.dumps(coco))
     (tmp_path / "provenance.json").write_text(json.dumps({"recipe": {"modality": "mg"}}))
-    syn = clf.load_labeled_folder(tmp_path, 32)
+    syn = edata.load_labeled_folder(tmp_path, 32)
     assert syn.labels.tolist() == [0, 1, 0, 1]
     assert syn.names == [f"{i:06d}/image.png" for i in range(4)] and len(set(syn.groups.tolist())) == 4
-    assert clf.read_provenance(tmp_path)["content"] == {"recipe": {"modality": "mg"}}
+    assert edata.read_provenance(tmp_path)["content"] == {"recipe": {"modality": "mg"}}
 
 
 @pytest.mark.data
 def test_mias_breast_framing_matches_synthesis(shared_data):
     """framing='breast' crops to the breast with the chest wall on the left, like synthetic mammograms."""
-    from mcfast.evaluate.classifier import load_mias
+    from mcfast.evaluate.data import load_mias
 
     film = load_mias(shared_data / "mias", 32)
     breast = load_mias(shared_data / "mias", 32, framing="breast")

@@ -62,7 +62,7 @@ def _setup(args, what: str | None):
     import torch
 
     from mcfast.errors import InputError
-    from mcfast.evaluate.classifier import load_config, validate_config
+    from mcfast.evaluate.config import load_config, validate_config
 
     cfg = load_config(args.config)
     if args.synthetic_dir is not None:
@@ -88,8 +88,8 @@ def _say(verbose: bool):
 
 
 def run_classifier(args: argparse.Namespace) -> int:
-    from mcfast.evaluate.classifier import load_real, load_synthetic, results_table_markdown, run_classifier_study, \
-        write_results
+    from mcfast.evaluate.classifier import results_table_markdown, run_classifier_study, write_results
+    from mcfast.evaluate.data import load_real, load_synthetic
 
     cfg, out = _setup(args, None)
     say = _say(args.verbose)
@@ -112,7 +112,8 @@ def run_classifier(args: argparse.Namespace) -> int:
 
 def run_realism(args: argparse.Namespace) -> int:
     from mcfast.atomic import write_text
-    from mcfast.evaluate.classifier import load_real, load_synthetic, machine_info, read_provenance
+    from mcfast.evaluate.classifier import machine_info
+    from mcfast.evaluate.data import load_real, load_synthetic, read_provenance
     from mcfast.evaluate.realism import realism_report
 
     cfg, out = _setup(args, "realism")
@@ -145,7 +146,8 @@ def realism_markdown(rep: dict) -> str:
 
 def run_memorization(args: argparse.Namespace) -> int:
     from mcfast.atomic import write_text
-    from mcfast.evaluate.classifier import load_real, load_synthetic, machine_info, read_provenance
+    from mcfast.evaluate.classifier import machine_info
+    from mcfast.evaluate.data import load_real, load_synthetic, read_provenance
     from mcfast.evaluate.memorization import memorization_report
     from mcfast.evaluate.plots import plot_ncc_histogram, plot_top_pairs
     from mcfast.evaluate.splits import group_split
@@ -179,7 +181,7 @@ def run_memorization(args: argparse.Namespace) -> int:
         f"- measure: max normalised cross-correlation over shifts up to ±{mc.max_shift} px (overlap-normalised)"
         + (f", on image − Gaussian blur σ {mc.highpass_sigma:g} px" if mc.highpass_sigma > 0 else ""),
         f"- flagged (NCC ≥ {mc.threshold}): {rep['n_flagged']} ({rep['rate']:.1%})",
-        f"- synthetic NCC median / 90% / 99%: " + " / ".join(f"{v:.3f}" for v in rep["ncc_quantiles"].values()),
+        "- synthetic NCC median / 90% / 99%: " + " / ".join(f"{v:.3f}" for v in rep["ncc_quantiles"].values()),
         f"- reference ({ref_note}): median / 90% / 99%: "
         + " / ".join(f"{v:.3f}" for v in rep["reference_quantiles"].values())
         + f", rate above threshold {rep['reference_rate']:.1%}", ""])

@@ -37,7 +37,8 @@ def two_sample_test(real: np.ndarray, synthetic: np.ndarray, *, model: str = "co
     Both sets are split with the same ``test_fraction`` (seeded). Returns ``auc``, ``auc_lo``,
     ``auc_hi`` and the counts.
     """
-    from mcfast.evaluate.classifier import TrainConfig, predict_scores, train_binary_classifier
+    from mcfast.evaluate.classifier import predict_scores, train_binary_classifier
+    from mcfast.evaluate.config import TrainConfig
 
     real, synthetic = np.asarray(real, np.float32), np.asarray(synthetic, np.float32)
     if real.ndim != 3 or synthetic.ndim != 3 or real.shape[1:] != synthetic.shape[1:]:
@@ -240,7 +241,7 @@ def realism_report(real: np.ndarray, synthetic: np.ndarray, settings, n_boot: in
     """Two-sample test, Fréchet distance (synthetic vs real, and real half vs real half as the
     floor that sampling noise alone gives) and MS-SSIM diversity of both sets.
 
-    ``settings`` is a :class:`mcfast.evaluate.classifier.RealismConfig`.
+    ``settings`` is a :class:`mcfast.evaluate.config.RealismConfig`.
     """
     say = progress or (lambda msg: None)
     say("two-sample test: real vs synthetic")

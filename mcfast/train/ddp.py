@@ -61,5 +61,8 @@ def barrier(info: DistInfo) -> None:
 
 
 def cleanup(info: DistInfo) -> None:
+    """Leave the process group. All ranks meet first: a rank that tears gloo down while another is still
+    finishing its last collective can make that rank abort ("terminate called without an active exception")."""
     if info.distributed and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()

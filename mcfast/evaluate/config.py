@@ -1,0 +1,153 @@
+"""Configuration of the evaluation studies: one TOML with sections ``study``, ``data``, ``train``,
+``realism`` and ``memorization`` (see configs/eval_classifier_*.toml), read into dataclasses and checked.
+"""
+from __future__ import annotations
+
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from mcfast.errors import InputError
+from mcfast.io.windows import WINDOWS as CT_WINDOWS
+
+@dataclass
+class DataConfig:
+    dataset: str = "mias"              # "mias" | "ct" | "folder"
+    root: str = "../shared/data/mias"  # MIAS folder, Lung-PET-CT-Dx patient folder, or labelled folder
+    image_size: int = 128
+    synthetic_dir: str = ""            # labelled folder of synthetic images ("" = none)
+    split_seed: int = 0
+    split_fractions: list = field(default_factory=lambda: [0.6, 0.2, 0.2])
+    ct_window: str = "lung"
+    # "film": the whole 1024² MIAS film shrunk; "breast": cropped to the breast, chest wall left
+    # (mcfast.io.mammo.prepare_mammogram) — the framing of mcfast's synthetic mammograms.
+    mg_framing: str = "film"
+    ct_patch_px: int = 96              # native-resolution patch side for the CT variant
+    ct_group_slices: int = 2           # consecutive slice positions that form one split group
+    ct_negatives_per_positive: float = 1.5
+    ct_positives_per_box: int = 3
+
+
+@dataclass
+class TrainConfig:
+    model: str = "convnext_atto"
+    epochs: int = 10
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    augment: bool = True
+
+
+@dataclass
+class StudyConfig:
+    name: str = "classifier_study"
+    output_dir: str = "runs/eval_classifier"
+    seeds: list = field(default_factory=lambda: [0, 1, 2])
+    increments: list = field(default_factory=lambda: [0.0, 0.33, 0.67, 1.0, 1.33])
+    n_bootstrap: int = 1000
+    ci: float = 0.95
+    threads: int = 1
+
+
+@dataclass
+class RealismConfig:
+    model: str = "convnext_atto"
+    epochs: int = 8
+    batch_size: int = 16
+    lr: float = 1e-3
+    test_fraction: float = 0.5
+    seed: int = 0
+    feature_epochs: int = 20           # autoencoder epochs for the Fréchet features
+    msssim_pairs: int = 200
+
+
+@dataclass
+class MemorizationConfig:
+    max_shift: int = 8                 # pixels, at image_size
+    threshold: float = 0.95            # NCC above which a pair is flagged
+    highpass_sigma: float = 0.0        # > 0: compare image − Gaussian blur (texture, not silhouette)
+    top_k: int = 8
+    reference: str = "all"             # "all" real images or only the "train" split
+
+
+@dataclass
+class EvalConfig:
+    study: StudyConfig = field(default_factory=StudyConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    realism: RealismConfig = field(default_factory=RealismConfig)
+    memorization: MemorizationConfig = field(default_factory=MemorizationConfig)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _fill(cls, values: dict, where: str):
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise InputError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    obj = cls()
+    for key, value in values.items():
+        default = getattr(obj, key)
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise InputError(f"{where}.{key}: expected true/false, got {value!r}")
+        elif isinstance(default, (int, float)):
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise InputError(f"{where}.{key}: expected a number, got {value!r}")
+            if isinstance(default, int):
+                if not float(value).is_integer():
+                    raise InputError(f"{where}.{key}: expected an integer, got {value!r}")
+                value = int(value)
+            else:
+                value = float(value)
+        if isinstance(default, str) and not isinstance(value, str):
+            raise InputError(f"{where}.{key}: expected a string, got {value!r}")
+        if isinstance(default, list) and not isinstance(value, list):
+            raise InputError(f"{where}.{key}: expected a list, got {value!r}")
+        setattr(obj, key, value)
+    return obj
+
+
+def load_config(path: str | Path) -> EvalConfig:
+    """Read an evaluation TOML (sections ``study``, ``data``, ``train``, ``realism``, ``memorization``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: config file not found")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError(f"{path}: invalid TOML ({exc})") from None
+    sections = {f.name: f.type for f in fields(EvalConfig)}
+    unknown = sorted(set(raw) - set(sections))
+    if unknown:
+        raise InputError(f"{path}: unknown section(s) {', '.join(unknown)}; known: {', '.join(sections)}")
+    cfg = EvalConfig(**{name: _fill(type(getattr(EvalConfig(), name)), raw.get(name, {}), f"{path}[{name}]")
+                        for name in sections})
+    validate_config(cfg, str(path))
+    return cfg
+
+
+def validate_config(cfg: EvalConfig, where: str = "config") -> None:
+    d, s, t = cfg.data, cfg.study, cfg.train
+    if d.dataset not in ("mias", "ct", "folder"):
+        raise InputError(f"{where}: data.dataset must be 'mias', 'ct' or 'folder', got {d.dataset!r}")
+    if d.image_size < 8:
+        raise InputError(f"{where}: data.image_size must be >= 8, got {d.image_size}")
+    if d.mg_framing not in ("film", "breast"):
+        raise InputError(f"{where}: data.mg_framing must be 'film' or 'breast', got {d.mg_framing!r}")
+    if d.ct_window not in CT_WINDOWS:
+        raise InputError(f"{where}: data.ct_window must be one of {sorted(CT_WINDOWS)}, got {d.ct_window!r}")
+    if not s.seeds or any(not isinstance(x, int) for x in s.seeds):
+        raise InputError(f"{where}: study.seeds must be a non-empty list of integers, got {s.seeds!r}")
+    if not s.increments or any(not isinstance(x, (int, float)) or x < 0 for x in s.increments):
+        raise InputError(f"{where}: study.increments must be non-negative numbers, got {s.increments!r}")
+    if t.epochs < 1 or t.batch_size < 1 or t.lr <= 0:
+        raise InputError(f"{where}: train.epochs, train.batch_size and train.lr must be positive")
+    if cfg.memorization.highpass_sigma < 0 or cfg.memorization.max_shift < 0:
+        raise InputError(f"{where}: memorization.highpass_sigma and max_shift must be >= 0")
+    if cfg.memorization.reference not in ("all", "train"):
+        raise InputError(f"{where}: memorization.reference must be 'all' or 'train'")
+    if not 0 < cfg.realism.test_fraction < 1:
+        raise InputError(f"{where}: realism.test_fraction must be in (0, 1)")
