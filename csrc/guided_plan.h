@@ -120,7 +120,8 @@ inline GuidedPlan plan_guided_step(const at::Tensor& x_t, const at::Tensor& mode
               "patch must have shape (B, M, 7), got ", patch.sizes());
 
   // The tables are tiny: read them on the host (device tables cost one small synchronous copy).
-  auto host = [](const at::Tensor& t) { return t.to(at::kCPU).contiguous(); };
+  // (host tables are used as they are: a .to() per table costs a dispatcher round trip per step)
+  auto host = [](const at::Tensor& t) { return t.is_cpu() && t.is_contiguous() ? t : t.to(at::kCPU).contiguous(); };
   const at::Tensor f = host(factors), ro = host(ref_offsets), ac = host(active), wk = host(weight_kind),
                    wo = host(weight_offsets), pa = host(patch);
   const int64_t* fp = f.data_ptr<int64_t>();
