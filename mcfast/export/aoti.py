@@ -136,24 +136,25 @@ class _StepDriver(OpsGuidedSampler):
                     fused: List[Tensor]) -> Tensor:
         b, h, w = x.shape[0], x.shape[2], x.shape[3]
         n = b * self.slots * h * w
-        refs_flat, ref_offsets, weight_kind, weight_offsets, weight_maps, patch, factors_dev = fused
+        refs_flat, ref_offsets, weight_kind, weight_offsets, weight_maps, patch, factors_host, stops_host = fused
         t_orig = int(self.timestep_map[i])
-        active = (stop_steps >= 0) & (stop_steps <= t_orig)
+        active = (stops_host >= 0) & (stops_host <= t_orig)
         coefs = self.fused_coefs[i].unsqueeze(0).expand(b, 9).contiguous()
         noise = step_noise[j].float().contiguous() if step_noise is not None else torch.zeros_like(x)
         parts = []
         for bi in range(b):
             for si in range(self.slots):
-                f = max(int(factors[bi, si]), 1)
-                if cond_noise is not None and int(stop_steps[bi, si]) >= 0:
+                f = max(int(factors_host[bi, si]), 1)
+                if cond_noise is not None and int(stops_host[bi, si]) >= 0:
                     e = cond_noise[j, bi, si].float().reshape(1, 1, h, w)
                     parts.append((torch.nn.functional.avg_pool2d(e, f) if f > 1 else e).reshape(-1))
                 else:
                     parts.append(torch.zeros((h // f) * (w // f) if h % f == 0 and w % f == 0 else h * w))
         ref_noise = torch.cat(parts) if parts else torch.zeros(0)
+        dev = x.device  # the package was compiled for inputs on one device
         return self.runner(x.contiguous(), t.contiguous(), coefs, noise, _padded(ref_noise, n), _padded(refs_flat, n),
-                           ref_offsets, factors_dev, active, weight_kind, patch, _padded(weight_maps, n),
-                           weight_offsets)
+                           ref_offsets.to(dev), factors_host.to(dev), active.to(dev), weight_kind.to(dev),
+                           patch.to(dev), _padded(weight_maps, n), weight_offsets.to(dev))
 
 
 class AOTISampler:

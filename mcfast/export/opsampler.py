@@ -88,19 +88,21 @@ class OpsGuidedSampler(GuidedSampler):
                 lows.append(flat)
         refs_flat = torch.cat(lows) if len(lows) > 0 else torch.zeros([0], device=device)
         weight_offsets = (torch.arange(b * s, dtype=torch.long) * (h * w)).reshape(b, s)
-        return [refs_flat.contiguous(), ref_offsets.to(device), weight_kind.to(device),
-                weight_offsets.to(device), weights.reshape(-1).contiguous(),
-                torch.zeros([b, s, 7], dtype=torch.float32, device=device), factors.to(device=device, dtype=torch.long)]
+        # The small tables stay on the host (the op accepts them there on every device: no per-step sync on
+        # a GPU); refs and weight maps live with the samples.
+        return [refs_flat.contiguous(), ref_offsets, weight_kind, weight_offsets, weights.reshape(-1).contiguous(),
+                torch.zeros([b, s, 7], dtype=torch.float32), factors.to(device="cpu", dtype=torch.long),
+                stop_steps.to(device="cpu", dtype=torch.long)]
 
     def _fused_step(self, x: Tensor, t: Tensor, i: int, j: int, factors: Tensor, stop_steps: Tensor,
                     step_noise: Optional[Tensor], cond_noise: Optional[Tensor], seed: int,
                     fused: List[Tensor]) -> Tensor:
         refs_flat, ref_offsets, weight_kind, weight_offsets = fused[0], fused[1], fused[2], fused[3]
-        weight_maps, patch, factors_dev = fused[4], fused[5], fused[6]
+        weight_maps, patch, factors_host, stops_host = fused[4], fused[5], fused[6], fused[7]
         model_output = self.unet(x, t).float().contiguous()
         b = x.shape[0]
         t_orig = int(self.timestep_map[i])
-        active = ((stop_steps >= 0) & (stop_steps <= t_orig)).to(x.device)
+        active = (stops_host >= 0) & (stops_host <= t_orig)
         coefs = self.fused_coefs[i].unsqueeze(0).expand(b, 9).contiguous()
         noise: Optional[Tensor] = None
         ref_noise: Optional[Tensor] = None
@@ -113,9 +115,9 @@ class OpsGuidedSampler(GuidedSampler):
                 noise = torch.zeros_like(x)
             parts: List[Tensor] = []
             for bi in range(b):
-                for si in range(factors.shape[1]):
-                    f = max(int(factors[bi, si]), 1)
-                    if cond_noise is not None and int(stop_steps[bi, si]) >= 0:
+                for si in range(factors_host.shape[1]):
+                    f = max(int(factors_host[bi, si]), 1)
+                    if cond_noise is not None and int(stops_host[bi, si]) >= 0:
                         e = cond_noise[j, bi, si].to(device=x.device, dtype=torch.float32)
                         low = F.avg_pool2d(e.reshape(1, 1, h, w), f) if f > 1 else e
                     else:
@@ -124,7 +126,7 @@ class OpsGuidedSampler(GuidedSampler):
                     parts.append(low.reshape(-1))
             ref_noise = torch.cat(parts) if len(parts) > 0 else torch.zeros([0], device=x.device)
         return torch.ops.mcfast.guided_step(x.contiguous(), model_output, coefs, noise, ref_noise, refs_flat,
-                                            ref_offsets, factors_dev, active, weight_kind, patch, weight_maps,
+                                            ref_offsets, factors_host, active, weight_kind, patch, weight_maps,
                                             weight_offsets, seed, j, self.fused_learned, self.clip_denoised)
 
 
