@@ -82,7 +82,7 @@ def lung_mask(hu: np.ndarray, threshold: float = -400.0, min_second_fraction: fl
 def breast_mask(img: np.ndarray) -> np.ndarray:
     """Boolean breast mask of a mammogram (dense tissue bright, dark background).
 
-    Otsu threshold + largest connected component + hole filling; delegates to
+    Li threshold + largest connected component + hole filling; delegates to
     :func:`mcfast.io.mammo.breast_mask` so that loaders and placement agree on the same mask.
     """
     from mcfast.io.mammo import breast_mask as _io_breast_mask

@@ -13,7 +13,7 @@ def register(subparsers) -> None:
                     ".npy per image to --out with a manifest.json (source file -> item, modality, "
                     "normalisation, skipped files and why). 'mcfast train --data OUT' reads the folder.",
         epilog="CT: the full HU range [-1024, 3071] maps to [-1, 1] unless --window picks a display window. "
-               "MG: breast cropped (Otsu mask), chest wall put on --side, MONOCHROME1 inverted.")
+               "MG: breast cropped (Li-threshold mask), chest wall put on --side, MONOCHROME1 inverted.")
     p.add_argument("--modality", required=True, choices=["ct", "mg"], help="ct (DICOM CT) or mg (mammograms)")
     p.add_argument("--in", dest="in_dir", required=True, type=Path, metavar="DIR", help="input file or folder tree")
     p.add_argument("--out", dest="out_dir", required=True, type=Path, metavar="DIR", help="output folder")
