@@ -1,10 +1,10 @@
 // CPU kernel of mcfast::guided_step: one fused pass per strip of rows.
 //
 // Each image's strips are a multiple of its largest active factor tall, so every box-filter block a
-// condition needs lies inside one strip. Per strip, while it is in cache: x' = mean + σz; every condition's
-// low-res residual φ(y_{t−1}) − φ(x') (a Gaussian patch only over the blocks its box touches); the weighted
-// conditions add W ⊙ r in place; the last pass adds the full-image residuals and writes x_{t−1} once.
-// Strips run in parallel.
+// condition needs lies inside one strip; strips run in parallel. Within a strip, rows go in groups of the
+// smallest active factor (see StripRunner): x' of the group, its column sums into every condition's running
+// block-row sums, and each condition whose block row is complete corrects those rows while they are in L1.
+// A Gaussian patch touches only the blocks its box covers.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
