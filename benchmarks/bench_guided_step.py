@@ -228,13 +228,9 @@ def test_guided_step_cuda(benchmark, bench_results, B, size, M):
         return op(x, mo, coefs, z, ref_noise, packed.refs, host[0], host[1], host[2], host[3], host[4],
                   packed.weight_maps, packed.weight_offsets, 7, STEP, learned, True)
 
-    dev_tables = packed.tables_on(dev)
-    dcoefs, dactive = coefs.to(dev), active.to(dev)
-
-    def triton_passed():
-        return guided_step_triton(x, mo, dcoefs, z, ref_noise, packed.refs, dev_tables[0], dev_tables[1], dactive,
-                                  dev_tables[2], dev_tables[3], packed.weight_maps, dev_tables[4], 7, STEP, learned,
-                                  True)
+    def triton_passed():  # the same host tables: the Triton op copies them to the device itself
+        return guided_step_triton(x, mo, coefs, z, ref_noise, packed.refs, host[0], host[1], host[2], host[3],
+                                  host[4], packed.weight_maps, packed.weight_offsets, 7, STEP, learned, True)
 
     nbytes = B * size * size * 4 * 4
     src = torch.randn(nbytes // 8, device=dev)

@@ -49,9 +49,10 @@ struct Scratch {
     const auto n = static_cast<size_t>(n_px);
     if (xp.size() < n) xp.resize(n), z.resize(n);
     if (part.size() < static_cast<size_t>(W)) {
-      for (auto* v : {&part, &row, &low, &res, &wx, &ta, &tb}) v->resize(W);
+      for (auto* v : {&part, &row, &low, &res, &ta, &tb}) v->resize(W);
     }
-    if (sums.size() < n_conds * W) sums.resize(n_conds * W);
+    // per condition: running block-row sums, and a patch's column weights
+    if (sums.size() < n_conds * W) sums.resize(n_conds * W), wx.resize(n_conds * W);
     regions.resize(n_conds);
   }
 };
@@ -267,7 +268,8 @@ struct StripRunner {
   }
 
   // x' rows [y1 − n, y1) of condition c += W ⊙ r (r of that block row, expanded to pixels in s.row).
-  MCFAST_INLINE void apply(Strip& st, const CondPlan& c, const Region& g, const float* res, int64_t y1) {
+  MCFAST_INLINE void apply(Strip& st, const CondPlan& c, const Region& g, const float* res, const float* wx,
+                           int64_t y1) {
     Scratch& s = st.s;
     const int64_t W = a.plan->W, n = c.factor;
     float* row = s.row.data();
@@ -286,13 +288,8 @@ struct StripRunner {
 #pragma omp simd
         for (int64_t x = 0; x < W; ++x) o[x] += w[x] * row[x];
       }
-    } else {  // Gaussian patch: W(x, y) = g(x)·g(y) inside the box, 0 outside
+    } else {  // Gaussian patch: W(x, y) = g(x)·g(y) inside the box, 0 outside; g(x) is wx (see process)
       const float inv2s2 = 1.0f / (2.0f * c.patch[kSigma] * c.patch[kSigma]);
-      float* wx = s.wx.data();
-      for (int64_t x = g.px0; x < g.px1; ++x) {
-        const float dx = static_cast<float>(x) - c.patch[kCx];
-        wx[x] = fast_exp(-dx * dx * inv2s2);
-      }
       for (int64_t y = ya; y < yb; ++y) {
         const float dy = static_cast<float>(y) - c.patch[kCy];
         const float wy = fast_exp(-dy * dy * inv2s2);
@@ -315,8 +312,17 @@ struct StripRunner {
     Scratch& s = st.s;
     int64_t G = rows;
     for (size_t j = 0; j < conds.size(); ++j) {
-      s.regions[j] = region_of(conds[j], y0, rows);
-      G = std::min(G, conds[j].factor);
+      const CondPlan& c = conds[j];
+      const Region& g = s.regions[j] = region_of(c, y0, rows);
+      G = std::min(G, c.factor);
+      if (c.kind == kWeightPatch) {  // the patch's column weights g(x), once per strip
+        const float inv2s2 = 1.0f / (2.0f * c.patch[kSigma] * c.patch[kSigma]);
+        float* wx = s.wx.data() + j * W;
+        for (int64_t x = g.px0; x < g.px1; ++x) {
+          const float dx = static_cast<float>(x) - c.patch[kCx];
+          wx[x] = fast_exp(-dx * dx * inv2s2);
+        }
+      }
     }
     float* part = s.part.data();
     float* res = s.res.data();
@@ -345,7 +351,7 @@ struct StripRunner {
         }
         if (y1 % n != 0) continue;  // block row not complete yet
         residual_row(st, c, g, cs, y1 / n - 1, res);
-        apply(st, c, g, res, y1);
+        apply(st, c, g, res, s.wx.data() + j * W, y1);
       }
     }
     if constexpr (!std::is_same_v<T, float>) {

@@ -46,8 +46,8 @@ class PackedConditions:
     """The per-run tables of the fused op (see docs/kernels.md); ``active`` is filled per step.
 
     ``refs`` and ``weight_maps`` live on the samples' device; the small (B, M) tables stay on the host,
-    which the C++ op accepts on every device (on CUDA it ships them with one asynchronous copy, so a
-    step never waits for the GPU). :meth:`tables_on` gives device copies for kernels that need them.
+    which both the C++ and the Triton op accept on every device (the CUDA kernel ships them with one
+    asynchronous copy, so a step never waits for the GPU).
     """
 
     conditions: list[list[Any]]      # kept alive so the id-based cache key stays valid
@@ -60,19 +60,6 @@ class PackedConditions:
     weight_offsets: Tensor           # int64 (B, M)
     stop_steps: list[list[int]]
     low_sizes: list[list[int]]
-    _device_tables: dict | None = None
-
-    def tables_on(self, device: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """(ref_offsets, factors, weight_kind, patch, weight_offsets) on ``device`` (copied once, cached)."""
-        host = (self.ref_offsets, self.factors, self.weight_kind, self.patch, self.weight_offsets)
-        if device.type == "cpu":
-            return host
-        if self._device_tables is None:
-            self._device_tables = {}
-        key = str(device)
-        if key not in self._device_tables:
-            self._device_tables[key] = tuple(t.to(device) for t in host)
-        return self._device_tables[key]
 
 
 _packed: "OrderedDict[tuple, PackedConditions]" = OrderedDict()
@@ -299,19 +286,7 @@ def try_fused_step(x_t: Tensor, model_output: Tensor, diffusion: Any, i: int,
             gen_device = generator.device if generator is not None else torch.device("cpu")
             seed = int(torch.randint(0, 2 ** 62, (1,), generator=generator, device=gen_device).item())
         seed_value = int(seed)
-    if kernel is torch.ops.mcfast.guided_step:
-        # the C++ op takes the small tables on the host on every device (no device-to-host sync per step)
-        ref_offsets, factors, weight_kind, patch, weight_offsets = (
-            packed.ref_offsets, packed.factors, packed.weight_kind, packed.patch, packed.weight_offsets)
-    else:
-        ref_offsets, factors, weight_kind, patch, weight_offsets = packed.tables_on(x_t.device)
-        coefs, active = _to_device(coefs, x_t.device), _to_device(active, x_t.device)
-    return kernel(x_in, mo, coefs, z, ref_noise, packed.refs, ref_offsets, factors, active, weight_kind, patch,
-                  packed.weight_maps, weight_offsets, seed_value, int(i), learned, bool(clip_denoised))
-
-
-def _to_device(t: Tensor, device: torch.device) -> Tensor:
-    """A small host tensor on ``device``; to a GPU through pinned memory, so the copy does not wait."""
-    if device.type != "cuda":
-        return t.to(device)
-    return t.pin_memory().to(device, non_blocking=True)
+    # coefs, active and the packed (B, M) tables stay on the host: both kernels take them there
+    return kernel(x_in, mo, coefs, z, ref_noise, packed.refs, packed.ref_offsets, packed.factors, active,
+                  packed.weight_kind, packed.patch, packed.weight_maps, packed.weight_offsets, seed_value, int(i),
+                  learned, bool(clip_denoised))

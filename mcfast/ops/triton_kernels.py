@@ -198,9 +198,13 @@ def guided_step_triton(x_t: Tensor, model_output: Tensor, coefs: Tensor, noise: 
     B, _, H, W = x_t.shape
     M = factors.shape[1]
     out = torch.empty_like(x_t)
-    act = active.to(torch.int8)
-    on = factors[active]
+    on = factors[active]  # read where the tables are (on the host, as try_fused_step passes them: no sync)
     max_factor = int(on.max().item()) if on.numel() else 1
+    # Like the C++ op, coefs and the small tables may come on the host; the kernel reads them on x_t's device.
+    dev = x_t.device
+    coefs, ref_offsets, factors, weight_kind, patch, weight_offsets = (
+        t.to(dev) for t in (coefs, ref_offsets, factors, weight_kind, patch, weight_offsets))
+    act = active.to(device=dev, dtype=torch.int8)
     torch._check(max_factor & (max_factor - 1) == 0, lambda: f"mcfast::guided_step_triton: factor {max_factor} is not a power of two")
     R = max(16, max_factor)
     lo, hi = _seed_words(seed)
