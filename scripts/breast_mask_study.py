@@ -3,8 +3,7 @@
     python scripts/breast_mask_study.py [--n 40] [--size 128]
 
 For each threshold (Otsu, 3-class multi-Otsu lower threshold, triangle, Li) and pre-filter (3×3 mean or
-median), the mask is threshold → largest component → holes filled, as in ``mcfast.io.mammo.breast_mask``;
-its IoU with the phantom's true breast (``breast_phantom_with_mask``) is summarised. Writes
+median), ``mcfast.io.mammo.breast_mask`` (threshold → largest component → holes filled) is run; its IoU with the phantom's true breast (``breast_phantom_with_mask``) is summarised. Writes
 docs/results/breast_mask.json and prints a Markdown table.
 """
 from __future__ import annotations
@@ -31,16 +30,6 @@ THRESHOLDS = {
 FILTERS = {"mean 3x3": ndimage.uniform_filter, "median 3x3": ndimage.median_filter}
 
 
-def mask_with(img: np.ndarray, threshold, prefilter) -> np.ndarray:
-    smooth = prefilter(img.astype(np.float32), size=3)
-    labels, n = ndimage.label(smooth > threshold(smooth))
-    if n == 0:
-        return np.zeros(img.shape, dtype=bool)
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
-    return ndimage.binary_fill_holes(labels == sizes.argmax())
-
-
 def iou(a: np.ndarray, b: np.ndarray) -> float:
     return float((a & b).sum() / max(1, (a | b).sum()))
 
@@ -55,7 +44,8 @@ def main() -> None:
     rows = []
     for fname, prefilter in FILTERS.items():
         for tname, threshold in THRESHOLDS.items():
-            scores = np.array([iou(mask_with(img, threshold, prefilter), truth) for img, truth in phantoms])
+            scores = np.array([iou(breast_mask(img, threshold=threshold, prefilter=prefilter), truth)
+                               for img, truth in phantoms])
             rows.append({"prefilter": fname, "threshold": tname, "iou_min": float(scores.min()),
                          "iou_median": float(np.median(scores)), "below_0.9": int((scores < 0.9).sum())})
     shipped = np.array([iou(breast_mask(img), truth) for img, truth in phantoms])
