@@ -67,7 +67,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["mcfast", "mcfast.*"]),
-    package_data={"mcfast": ["assets/*/*.safetensors", "assets/*/*.json", "configs/*.toml"]},
+    package_data={"mcfast": ["assets/*/*.safetensors", "assets/*/*.json", "assets/*/*.md", "configs/*.toml"]},
     ext_modules=_extensions(),
     cmdclass=_cmdclass(),
     install_requires=[

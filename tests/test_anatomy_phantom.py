@@ -137,3 +137,18 @@ def test_phantoms_are_fast():
     breast_t = (time.process_time() - t) / 3
     # CPU time (not wall time: CI machines are shared); measured ~22 ms and ~17 ms, target <= 50 ms
     assert lung_t < 0.1 and breast_t < 0.1, (lung_t, breast_t)
+
+
+def test_512_phantom_tissues_have_the_hu_of_real_scans():
+    """The phantom anatomy of the 512² recipes: every tissue's median HU lies where real chest CT has it
+    (lung parenchyma -900..-700, fat -130..-70, soft tissue 20..70, bone 250..1000)."""
+    from mcfast.evaluate.two_sample import tissue_hu_medians
+    from mcfast.io.windows import hu_to_model
+
+    hu = lung_phantom(size=512, seed=3)
+    assert hu.shape == (512, 512)
+    med = tissue_hu_medians(np.asarray(hu_to_model(hu), np.float32)[None])["median_hu"]
+    assert -900 <= med["lung"] <= -700, med
+    assert -130 <= med["fat"] <= -70, med
+    assert 20 <= med["soft_tissue"] <= 70, med
+    assert 250 <= med["bone"] <= 1000, med

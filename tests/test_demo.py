@@ -15,15 +15,45 @@ PATIENT_TAGS = ("PatientBirthDate", "PatientAddress", "OtherPatientIDs", "Patien
                 "InstitutionName", "ReferringPhysicianName")
 
 
-@pytest.mark.parametrize("modality", ["ct", "mg"])
-def test_shipped_defaults_are_small_and_load(modality):
+@pytest.mark.parametrize("modality, model", [("ct", "phantom64"), ("mg", "phantom64"), ("ct", "real")])
+def test_shipped_defaults_are_small_and_load(modality, model):
     from mcfast.train.checkpoint import load_model
 
-    ckpt = default_checkpoint(modality)
+    ckpt = default_checkpoint(modality, model)
     assert (ckpt / "model.safetensors").stat().st_size <= 30 * 2**20
-    model, diffusion, config = load_model(ckpt)
+    model_, diffusion, config = load_model(ckpt)
     assert config["data"]["modality"] == modality
-    assert "trained_on" in config and "phantom" in config["trained_on"]
+    assert "trained_on" in config and ("phantom" in config["trained_on"]) == (model == "phantom64")
+
+
+def test_default_ct_model_is_the_real_one_and_unknown_names_fail():
+    from mcfast.errors import InputError
+
+    assert default_checkpoint("ct").name == "ct_real"
+    with pytest.raises(InputError, match="no shipped mg model named 'real'"):
+        default_checkpoint("mg", "real")
+
+
+def test_ct_real_model_card_names_data_licences_and_matches_the_realism_json():
+    import re
+    from pathlib import Path
+
+    card = (default_checkpoint("ct", "real") / "README.md").read_text()
+    for needed in ("Lung-PET-CT-Dx", "TCGA-LUAD", "TCGA-LUSC", "COVID-19-NY-SBU", "CC BY", "CPU-hours",
+                   "scripts/prepare_real.py", "mcfast train"):
+        assert needed in card, needed
+    assert "MSD lung-tumour patches (CC BY-SA) are not used" in card
+    config = json.loads((default_checkpoint("ct", "real") / "config.json").read_text())
+    assert f"step {config['step']}" in card or f"{config['step']} steps" in card
+    results = Path(__file__).resolve().parents[1] / "docs" / "results" / "realism_ct.json"
+    block = card.split("<!-- realism:begin -->")[1].split("<!-- realism:end -->")[0]
+    data = json.loads(results.read_text())
+    assert data["checkpoint_step"] == config["step"], "the card's numbers are for the shipped weights"
+    for size, sizes in data["sizes"].items():
+        for name, r in [("floor", sizes["floor"])] + list(sizes["synthetic"].items()):
+            row = next(line for line in block.splitlines() if line.startswith(f"| {size} | {name} |"))
+            assert f"{r['patch_cnn']['auc']:.2f}" in row and f"{r['hand_features']['auc']:.2f}" in row, row
+    assert re.search(r"\d+ steps", card)
 
 
 def test_demo_tiny(tmp_path, capsys):
@@ -66,3 +96,12 @@ def test_demo_tiny(tmp_path, capsys):
     assert "skipped 2 finished" in capsys.readouterr().out
     meta = json.loads((out / "lung_ct" / "000000" / "meta.json").read_text())
     assert meta["lesions"] and meta["anatomy"].startswith("phantom:lung")
+    assert meta["height"] == 256  # the real-CT default samples 256², not its 64² training crops
+
+
+def test_demo_phantom64_ct_model_stays_available(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--n", "1", "--steps", "3", "--modality", "ct", "--ct-model",
+                 "phantom64", "--no-progress"]) == 0
+    meta = json.loads((out / "lung_ct" / "000000" / "meta.json").read_text())
+    assert meta["height"] == 64 and "default_ct" in capsys.readouterr().out

@@ -140,3 +140,61 @@ def test_read_mammogram_scales_16_bit_files_by_the_depth_used(tmp_path):
     np.testing.assert_allclose(read_mammogram(tmp_path / "a.png"), a / 4095.0, atol=1e-6)
     Image.fromarray(np.array([[0, 128, 255]], np.uint8)).save(tmp_path / "b.png")
     np.testing.assert_allclose(read_mammogram(tmp_path / "b.png"), [[0, 128 / 255, 1]], atol=1e-6)
+
+
+def test_prepare_skips_coronal_and_sagittal_reformats_with_a_counted_reason(tmp_path, capsys):
+    from mcfast.cli import main
+
+    root = tmp_path / "study"
+    for k, (name, iop) in enumerate([("axial", (1, 0, 0, 0, 1, 0)), ("coronal", (1, 0, 0, 0, 0, -1)),
+                                     ("sagittal", (0, 1, 0, 0, 0, -1)), ("coronal2", (1, -0.016, 0, 0, 0, -1))]):
+        path = root / name / "1.dcm"
+        write_ct_dicom(path, np.full((16, 16), -500.0, np.float32), series_uid=f"1.2.826.0.1.3680043.8.498.9{k}")
+        ds = pydicom.dcmread(path)
+        ds.ImageOrientationPatient = list(iop)
+        ds.PatientID = "P7"
+        ds.save_as(path)
+        assert dicom.slice_plane(ds) == name.rstrip("2")
+    assert main(["prepare", "--modality", "ct", "--in", str(root), "--out", str(tmp_path / "out"), "--size", "16",
+                 "--no-progress"]) == 0
+    manifest = read_manifest(tmp_path / "out")
+    assert [it["plane"] for it in manifest["items"]] == ["axial"] and manifest["items"][0]["patient_id"] == "P7"
+    assert manifest["skipped_by_reason"] == {
+        "coronal slice (not axial): a reformat, not training data": 2,
+        "sagittal slice (not axial): a reformat, not training data": 1}
+    out = capsys.readouterr().out
+    assert "2 skipped: coronal slice" in out and "1 skipped: sagittal slice" in out
+
+
+def test_real_covid_reformats_are_skipped(shared_data, tmp_path):
+    result = prepare("ct", shared_data / "covid19-ny-sbu-ct" / "A002304", tmp_path / "out", size=32, progress=False)
+    reasons = read_manifest(tmp_path / "out")["skipped_by_reason"]
+    assert result.items == 2
+    assert sum(v for k, v in reasons.items() if "reformat" in k) >= 4
+
+
+def test_split_prepare_keeps_each_patient_on_one_side(shared_data, tmp_path):
+    from mcfast.io.split_prepare import SplitDataConfig, prepare_split
+
+    config = SplitDataConfig(root=shared_data, collections=["tcga-lung-ct"], size=32,
+                             validation_patients=["TCGA-17-Z029", "TCGA-34-5231"])
+    counts = prepare_split(config, tmp_path / "split", progress=False)
+    train, val = (read_manifest(tmp_path / "split" / s) for s in ("train", "val"))
+    assert counts == {"train": len(train["items"]), "val": len(val["items"])}
+    assert set(val["patients"]) == {"TCGA-17-Z029", "TCGA-34-5231"}
+    assert not set(train["patients"]) & set(val["patients"])
+    assert counts["train"] + counts["val"] == 77 - 5 and train["dropped"]["pixel duplicate"] == 5
+    with pytest.raises(InputError, match="NOPE"):
+        prepare_split(SplitDataConfig(root=shared_data, collections=["tcga-lung-ct"], size=32,
+                                      validation_patients=["NOPE"]), tmp_path / "bad", progress=False)
+
+
+def test_ct_real_data_config_holds_out_enough_patients():
+    from pathlib import Path
+
+    from mcfast.io.split_prepare import SplitDataConfig
+
+    repo = Path(__file__).resolve().parents[1]
+    config = SplitDataConfig.load(repo / "configs" / "ct_real_data.toml", base=repo)
+    assert len(set(config.validation_patients)) >= 8
+    assert config.collections == ["lung-pet-ct-dx", "tcga-lung-ct", "covid19-ny-sbu-ct"]

@@ -41,6 +41,9 @@ def run(args: argparse.Namespace) -> int:
                      progress=False if args.no_progress else "always")
     print(f"prepared {result.items} {args.modality.upper()} item(s) of {args.size}x{args.size} in {result.out_dir}"
           f" ({len(result.skipped)} file(s) skipped)")
+    from mcfast.io.datasets import skip_counts
+    for reason, count in skip_counts(result.skipped).items():
+        print(f"  {count} skipped: {reason}")
     for path, reason in list(sorted(result.skipped.items()))[:5]:
         print(f"  skipped {path}: {reason}")
     if len(result.skipped) > 5:

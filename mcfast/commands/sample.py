@@ -28,6 +28,9 @@ def register(subparsers) -> None:
     p.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity η (default 0)")
     p.add_argument("--seed", type=int, default=0, help="seed of the noise generator (default 0)")
     p.add_argument("--batch-size", type=int, default=16, help="images per model call (default 16)")
+    p.add_argument("--size", type=int, default=None,
+                   help="image size (default: the training images' size; a fully convolutional model trained "
+                        "on crops samples any multiple of its downsampling factor)")
     p.add_argument("--no-clip", action="store_true", help="do not clip the x0 prediction to [-1, 1]")
     p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA weights")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default=DEFAULT_PRECISION,
@@ -51,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
     from mcfast.diffusion.gaussian import create_diffusion
     from mcfast.diffusion.samplers import sample
     from mcfast.models.inference import make_model_fn
+    from mcfast.models.unet import check_sampling_size
     from mcfast.train.checkpoint import load_model
 
     if args.n < 1 or args.batch_size < 1:
@@ -61,7 +65,9 @@ def run(args: argparse.Namespace) -> int:
         torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
     model, diffusion_kwargs, config = load_model(args.ckpt, device=device, ema=not args.raw)
     diffusion = create_diffusion(**{**diffusion_kwargs, "respacing": str(args.steps)})
-    size = int(config["model"]["image_size"])
+    trained = int(config.get("data", {}).get("image_size", config["model"]["image_size"]))
+    size = args.size or trained
+    check_sampling_size(config["model"], size, trained, where=str(args.ckpt))
     channels = int(config["model"].get("in_channels", 1))
     fn = make_model_fn(model, device, args.precision, args.channels_last)
     generator = torch.Generator(device="cpu").manual_seed(args.seed)

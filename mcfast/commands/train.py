@@ -14,10 +14,10 @@ from mcfast.errors import InputError
 # Training options whose value on --resume comes from the run unless given again.
 _TRAIN_OPTIONS = ("batch_size", "lr", "weight_decay", "ema_rate", "grad_clip", "max_steps", "save_every",
                   "sample_every", "sample_n", "sample_steps", "log_every", "seed", "precision", "num_workers",
-                  "channels_last")
+                  "channels_last", "crop_size", "min_snr_gamma")
 _DEFAULTS = dict(batch_size=8, lr=1e-4, weight_decay=0.0, ema_rate=0.9999, grad_clip=1.0, max_steps=10000,
                  save_every=1000, sample_every=1000, sample_n=16, sample_steps=50, log_every=10, seed=0,
-                 precision="auto", num_workers=0, channels_last=False)
+                 precision="auto", num_workers=0, channels_last=False, crop_size=0, min_snr_gamma=0.0)
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -37,10 +37,16 @@ def register(subparsers) -> None:
     p.add_argument("--out", type=Path, required=True, help="run folder to create (or continue with --resume)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--image-size", type=int, help="train at this size (images are resized to it; default: their size)")
+    p.add_argument("--crop", dest="crop_size", type=int,
+                   help="train on random CROPxCROP crops (left-right flipped at random) of the full-size images; "
+                        "use with a fully convolutional preset (crop) to sample at the full size later")
+    p.add_argument("--init", type=Path, metavar="RUN_OR_ASSET",
+                   help="warm start: architecture, diffusion settings and (EMA) weights from a run folder or a "
+                        "shipped asset folder (e.g. mcfast/assets/ct_real); optimizer and step start fresh")
     p.add_argument("--npy-range", help="'lo,hi' mapping float .npy values linearly to [-1, 1] (e.g. -1024,3071 for HU)")
     p.add_argument("--modality", choices=["ct", "mg", "generic"], default="generic", help="recorded in config.json")
     m = p.add_argument_group("model")
-    m.add_argument("--preset", choices=["tiny", "small", "adm"], default="small",
+    m.add_argument("--preset", choices=["tiny", "small", "adm", "crop"], default="small",
                    help="U-Net size preset; the options below override single settings (default: small)")
     m.add_argument("--model-channels", type=int, help="base channel count")
     m.add_argument("--channel-mult", type=_int_list, help="channel multipliers per level, e.g. 1,1,2,2,4,4")
@@ -57,6 +63,10 @@ def register(subparsers) -> None:
     d.add_argument("--loss", choices=["hybrid", "simple"], default="hybrid", help="L_hybrid or L_simple")
     d.add_argument("--importance-sampling", action="store_true",
                    help="loss-aware timestep sampling (second moment of the last 10 losses per t)")
+    d.add_argument("--train-timesteps", metavar="RESPACING",
+                   help="train only on the steps a sampler respaced to RESPACING visits (e.g. 100 or 50,50)")
+    d.add_argument("--min-snr-gamma", type=float,
+                   help="Min-SNR-gamma weighting of the noise MSE (e.g. 5; default off)")
     t = p.add_argument_group("training")
     t.add_argument("--batch-size", type=int, help=f"global batch size (default {_DEFAULTS['batch_size']})")
     t.add_argument("--lr", type=float, help=f"AdamW learning rate (default {_DEFAULTS['lr']})")
@@ -102,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from mcfast.diffusion.gaussian import create_diffusion
     from mcfast.models.unet import UNetModel
-    from mcfast.train.checkpoint import read_config
+    from mcfast.train.checkpoint import read_config, read_init
     from mcfast.train.data import ImageFolderDataset, parse_range
     from mcfast.train.ddp import cleanup, setup_distributed
     from mcfast.train.trainer import TrainConfig, Trainer
@@ -114,6 +124,9 @@ def run(args: argparse.Namespace) -> int:
         device = torch.device("cuda", info.local_rank)
     try:
         given = {k: getattr(args, k) for k in _TRAIN_OPTIONS if getattr(args, k) is not None}
+        init_weights = None
+        if args.resume and args.init is not None:
+            raise InputError("--init starts a new run from earlier weights; --resume continues a run: pick one")
         if args.resume:
             saved = read_config(args.out)
             data_info = dict(saved.get("data", {}))
@@ -122,7 +135,10 @@ def run(args: argparse.Namespace) -> int:
                 raise InputError("--data is required (the run does not record its data folder)")
             npy_range = parse_range(args.npy_range) if args.npy_range else (
                 tuple(data_info["npy_range"]) if data_info.get("npy_range") else None)
-            dataset = ImageFolderDataset(data_root, image_size=saved["model"]["image_size"], npy_range=npy_range)
+            # A crop-trained run records the full images' size under "data"; the model's is the crop's.
+            dataset = ImageFolderDataset(data_root, image_size=int(data_info.get("image_size",
+                                                                             saved["model"]["image_size"])),
+                                         npy_range=npy_range)
             model_cfg, diffusion_kwargs = saved["model"], saved["diffusion"]
             train_cfg = TrainConfig.from_dict({**saved.get("train", {}), **given})
             data_info["root"] = str(Path(data_root).resolve())
@@ -130,24 +146,41 @@ def run(args: argparse.Namespace) -> int:
             if args.data is None:
                 raise InputError("--data is required")
             npy_range = parse_range(args.npy_range)
+            if args.crop_size is not None and args.image_size is not None:
+                raise InputError("--crop and --image-size exclude each other (crops are cut at the images' own size)")
             dataset = ImageFolderDataset(args.data, image_size=args.image_size, npy_range=npy_range)
-            diffusion_kwargs = dict(T=args.diffusion_steps, schedule=args.schedule, respacing="",
-                                    model_var_type=args.variance, loss_type=args.loss)
-            model_cfg = _model_config(args, dataset.image_size, learn_sigma=args.variance == "learned_range")
+            train_size = args.crop_size or dataset.image_size
+            if args.init is not None:
+                init_cfg, init_weights = read_init(args.init)
+                model_cfg = dict(init_cfg["model"], image_size=train_size)
+                diffusion_kwargs = dict(init_cfg["diffusion"])
+            else:
+                diffusion_kwargs = dict(T=args.diffusion_steps, schedule=args.schedule, respacing="",
+                                        model_var_type=args.variance, loss_type=args.loss)
+                model_cfg = _model_config(args, train_size, learn_sigma=args.variance == "learned_range")
             train_cfg = TrainConfig.from_dict({**_DEFAULTS, **given})
+            if args.importance_sampling and args.train_timesteps:
+                raise InputError("--importance-sampling and --train-timesteps exclude each other")
             if args.importance_sampling:
                 train_cfg.timestep_sampler = "loss-second-moment"
+            if args.train_timesteps:
+                train_cfg.timestep_sampler = f"visited:{args.train_timesteps}"
             data_info = {"modality": args.modality, "image_size": dataset.image_size,
                          "root": str(args.data.resolve()), "num_images": len(dataset),
-                         "npy_range": list(npy_range) if npy_range else None}
+                         "npy_range": list(npy_range) if npy_range else None,
+                         "native_size": list(dataset.native_size),
+                         "init": str(args.init) if args.init is not None else None}
         diffusion = create_diffusion(**diffusion_kwargs)
+        torch.manual_seed(train_cfg.seed)  # the initial weights are part of what --seed fixes
         model = UNetModel(**model_cfg)
         trainer = Trainer(model, diffusion, dataset, args.out, train_cfg, diffusion_kwargs=diffusion_kwargs,
                           data_info=data_info, device=device, resume=args.resume,
-                          progress=not args.no_progress, dist_info=info)
+                          progress=not args.no_progress, dist_info=info, init_weights=init_weights)
         if info.is_main:
             print(f"mcfast train: {model.count_parameters():,} parameters, {len(dataset)} images "
-                  f"{dataset.image_size}x{dataset.image_size}, {info.world_size} process(es), device {device}, "
+                  f"{dataset.native_size[0]}x{dataset.native_size[1]}"
+                  f"{f' (crops of {train_cfg.crop_size})' if train_cfg.crop_size else ''}, "
+                  f"{info.world_size} process(es), device {device}, "
                   f"precision {trainer.precision}, step {trainer.step} -> {train_cfg.max_steps}")
         records = trainer.train()
         if info.is_main and records:

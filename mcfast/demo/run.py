@@ -24,6 +24,8 @@ class DemoSettings:
     modalities: tuple[str, ...] = ("ct", "mg")
     backend: str | None = None
     progress: bool = True
+    ct_model: str | None = None   # a shipped CT model name (mcfast.demo.defaults.MODELS); None = the default
+    n_ct: int | None = None       # CT images (default: n)
 
 
 def run_demo(settings: DemoSettings) -> Path:
@@ -34,18 +36,25 @@ def run_demo(settings: DemoSettings) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     runs = []
     for modality in settings.modalities:
-        ckpt = {"ct": settings.ckpt_ct, "mg": settings.ckpt_mg}[modality] or default_checkpoint(modality)
-        recipe = load_recipe(demo_recipe(modality))
+        shipped = settings.ct_model if modality == "ct" else None
+        ckpt = {"ct": settings.ckpt_ct, "mg": settings.ckpt_mg}[modality] or default_checkpoint(modality, shipped)
+        recipe = load_recipe(demo_recipe(modality, shipped))
+        n = settings.n_ct if modality == "ct" and settings.n_ct is not None else settings.n
         if settings.steps:
             recipe.sampler.steps = str(settings.steps)
         if settings.backend:
             recipe.sampler.backend = settings.backend
         validate(recipe)
         run_dir = out / ("lung_ct" if modality == "ct" else "mammography")
-        print(f"[{modality}] {settings.n} images, model {ckpt}, recipe {recipe.source}, "
-              f"{recipe.sampler.steps} steps -> {run_dir}", flush=True)
+        print(f"[{modality}] {n} images {recipe.image_size}x{recipe.image_size}, model {ckpt}, recipe "
+              f"{recipe.source}, {recipe.sampler.steps} steps from t={recipe.sampler.start_step} -> {run_dir}",
+              flush=True)
         start = time.perf_counter()
-        result = synthesize(ckpt, recipe, settings.n, run_dir, progress=settings.progress)
+        # The 256² real-CT model runs under bf16 autocast in channels_last (measured here, 1 thread, batch 4:
+        # 1.8 s per call against 4.2 s in fp32); the 64² phantom models stay in fp32 as before.
+        fast = recipe.image_size >= 256
+        result = synthesize(ckpt, recipe, n, run_dir, progress=settings.progress,
+                            precision="bf16" if fast else "fp32", channels_last=fast)
         print(f"[{modality}] wrote {result.written}, skipped {result.skipped} finished, "
               f"{time.perf_counter() - start:.1f} s", flush=True)
         runs.append((run_dir, modality))

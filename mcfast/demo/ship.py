@@ -13,27 +13,39 @@ Reproduce the shipped defaults (about an hour on 2 CPU cores each, bf16 autocast
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
+import torch
 from safetensors.torch import save_file
 
 from mcfast.atomic import atomic_path, write_text
 from mcfast.train.checkpoint import CONFIG_FILE, MODEL_FILE, load_checkpoint
 
 
-def ship(run_dir: str | Path, dest: str | Path) -> Path:
-    """Copy the EMA weights and a trimmed config of ``run_dir`` to ``dest``."""
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def ship(run_dir: str | Path, dest: str | Path, dtype: str = "fp32", trained_on: str | None = None,
+         history: dict | None = None) -> Path:
+    """Copy the EMA weights (cast to ``dtype``; bf16 halves the file and samples the same under bf16
+    autocast) and a trimmed config of ``run_dir`` to ``dest``. ``trained_on`` names the data;
+    ``history`` (e.g. steps and CPU-hours over several sessions) is recorded as given."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     config, weights, _ = load_checkpoint(run_dir)
-    ema = {k: v.contiguous() for k, v in weights.items() if k.startswith("ema.")}
+    ema = {k: v.to(DTYPES[dtype]).contiguous() for k, v in weights.items() if k.startswith("ema.")}
     step = int(config["step"])
     modality = config.get("data", {}).get("modality", "generic")
+    data = {k: v for k, v in config["data"].items() if k != "root"}  # a local path says nothing to a user
     shipped = {
-        "model": config["model"], "diffusion": config["diffusion"], "data": config["data"], "step": step,
-        "train": config.get("train"), "mcfast_version": config.get("mcfast_version"),
-        "trained_on": f"mcfast {modality} phantoms ('mcfast phantoms --modality {modality}'); no outside data",
-        "reproduce": (__doc__ or "").split("Reproduce")[1].strip() if __doc__ else "",
+        "model": config["model"], "diffusion": config["diffusion"], "data": data, "step": step,
+        "train": config.get("train"), "mcfast_version": config.get("mcfast_version"), "dtype": dtype,
+        "trained_on": trained_on or f"mcfast {modality} phantoms ('mcfast phantoms --modality {modality}'); "
+                                    f"no outside data",
+        "reproduce": (__doc__ or "").split("Reproduce")[1].strip() if trained_on is None and __doc__ else "",
     }
+    if history is not None:
+        shipped["history"] = history
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     with atomic_path(dest / MODEL_FILE) as tmp:
@@ -43,6 +55,13 @@ def ship(run_dir: str | Path, dest: str | Path) -> Path:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3:
-        raise SystemExit("usage: python -m mcfast.demo.ship RUN_DIR DEST_DIR")
-    print(ship(sys.argv[1], sys.argv[2]))
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Ship a run's EMA weights as a default model folder.")
+    ap.add_argument("run_dir")
+    ap.add_argument("dest")
+    ap.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    ap.add_argument("--trained-on", default=None, help="what the data was (default: mcfast phantoms)")
+    ap.add_argument("--history", default=None, help="JSON object recorded as the training history")
+    a = ap.parse_args()
+    print(ship(a.run_dir, a.dest, a.dtype, a.trained_on, json.loads(a.history) if a.history else None))

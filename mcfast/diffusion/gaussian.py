@@ -186,9 +186,19 @@ class GaussianDiffusion:
         nll = mean_flat(nll) / math.log(2.0)
         return torch.where(t == 0, nll, kl)
 
+    def snr(self, t: Tensor) -> Tensor:
+        """Signal-to-noise ratio ᾱ_t / (1 − ᾱ_t) of chain indices ``t`` (B,)."""
+        abar = torch.as_tensor(self.alphas_cumprod, dtype=torch.float64)[t.cpu()]
+        return (abar / (1.0 - abar)).float().to(t.device)
+
     def training_losses(self, model: Callable[[Tensor, Tensor], Tensor], x_start: Tensor, t: Tensor,
-                        noise: Tensor | None = None, generator: torch.Generator | None = None) -> dict[str, Tensor]:
-        """Per-image losses dict(loss, mse, vb) for chain indices ``t`` (vb is 0 unless hybrid + learned_range)."""
+                        noise: Tensor | None = None, generator: torch.Generator | None = None,
+                        min_snr_gamma: float = 0.0) -> dict[str, Tensor]:
+        """Per-image losses dict(loss, mse, vb) for chain indices ``t`` (vb is 0 unless hybrid + learned_range).
+
+        ``min_snr_gamma`` > 0 weights the ε-MSE by min(SNR_t, γ) / SNR_t (Min-SNR-γ, Hang et al. 2023:
+        the low-noise steps, whose gradients conflict with the rest, stop dominating); the logged
+        ``mse`` stays unweighted."""
         if noise is None:
             noise = torch.randn(x_start.shape, generator=generator, device=x_start.device, dtype=x_start.dtype)
         x_t = self.q_sample(x_start, t, noise=noise)
@@ -202,7 +212,11 @@ class GaussianDiffusion:
             vb = self.vb_terms_bpd(frozen, x_start, x_t, t) * (self.vb_weight * self.num_timesteps)
         else:
             vb = torch.zeros_like(mse)
-        return {"loss": mse + vb, "mse": mse, "vb": vb}
+        weighted = mse
+        if min_snr_gamma > 0:
+            snr = self.snr(t)
+            weighted = mse * torch.clamp(snr, max=min_snr_gamma) / snr
+        return {"loss": weighted + vb, "mse": mse, "vb": vb}
 
 
 class SpacedDiffusion(GaussianDiffusion):

@@ -65,17 +65,46 @@ def ddim_step(diffusion: GaussianDiffusion, model_output: Tensor, x: Tensor, i: 
     return x_prev, out["pred_xstart"]
 
 
+def start_index(diffusion: GaussianDiffusion, start_step: int | None) -> int:
+    """The chain index an SDEdit start at ``start_step`` (original 1000-step scale) begins from: the last
+    index whose original step is ≤ start_step. None or ≥ T: the top of the chain (pure noise)."""
+    top = diffusion.num_timesteps - 1
+    if start_step is None or start_step >= int(diffusion.timestep_map[top]) + 1:
+        return top
+    if start_step < 1:
+        raise InputError(f"start_step must be >= 1 (the 1000-step scale), got {start_step}")
+    below = [i for i in range(diffusion.num_timesteps) if int(diffusion.timestep_map[i]) <= start_step]
+    if not below:
+        raise InputError(f"start_step {start_step} is below the first sampled step "
+                         f"{int(diffusion.timestep_map[0])}")
+    return below[-1]
+
+
+def sdedit_start(diffusion: GaussianDiffusion, reference: Tensor, noise: Tensor, start_step: int | None
+                 ) -> tuple[Tensor, int]:
+    """SDEdit (Meng et al. 2022): x at ``start_index`` drawn from q(x_t | reference) with the given ``noise``,
+    and that index. At the top of the chain x is the noise itself, so start_step = T (or None) is exactly
+    ordinary sampling."""
+    i = start_index(diffusion, start_step)
+    if i == diffusion.num_timesteps - 1:
+        return noise, i
+    t = torch.full((noise.shape[0],), i, dtype=torch.long, device=noise.device)
+    return diffusion.q_sample(reference.to(noise), t, noise=noise), i
+
+
 @torch.no_grad()
 def sample(model: Callable[[Tensor, Tensor], Tensor], diffusion: GaussianDiffusion, shape, *,
            method: str = "ddpm", eta: float = 0.0, clip_denoised: bool = True, noise: Tensor | None = None,
            generator: torch.Generator | None = None, guidance: Any = None, progress: bool = True,
            return_intermediates: bool = False, device: torch.device | str | None = None,
-           ) -> Tensor | tuple[Tensor, list[Tensor]]:
+           start_at: int | None = None) -> Tensor | tuple[Tensor, list[Tensor]]:
     """Draw images of ``shape`` (B, C, H, W) from ``model`` by the reverse process of ``diffusion``.
 
     ``method`` "ddpm" (ancestral) or "ddim" (with ``eta``). ``noise`` gives x_T (else drawn from
     ``generator``). ``guidance`` follows the protocol in :class:`Guidance`. With
     ``return_intermediates`` the list of x after every step (on CPU, x_T first) is returned too.
+    ``start_at`` (a chain index, see :func:`sdedit_start`) begins the loop there with ``noise`` as x
+    at that index instead of at the top of the chain.
     """
     if method not in METHODS:
         raise InputError(f"unknown sampler {method!r}; expected one of {', '.join(METHODS)}")
@@ -92,7 +121,10 @@ def sample(model: Callable[[Tensor, Tensor], Tensor], diffusion: GaussianDiffusi
         x = randn(shape, generator, device)
     intermediates: list[Tensor] = [x.cpu()] if return_intermediates else []
     timestep_map = torch.from_numpy(diffusion.timestep_map).to(device)
-    steps = range(diffusion.num_timesteps - 1, -1, -1)
+    top = diffusion.num_timesteps - 1 if start_at is None else int(start_at)
+    if not 0 <= top < diffusion.num_timesteps:
+        raise InputError(f"start index {top} is outside the chain [0, {diffusion.num_timesteps - 1}]")
+    steps = range(top, -1, -1)
     for i in tqdm(steps, desc=f"{method} sampling", disable=not progress, leave=False):
         t_model = timestep_map[i].expand(x.shape[0])
         model_output = model(x, t_model).float()

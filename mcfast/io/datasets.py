@@ -78,8 +78,11 @@ class Source:
     meta: dict = field(default_factory=dict)
 
 
-def find_ct_sources(root: str | os.PathLike) -> tuple[list[Source], dict[Path, str]]:
-    """DICOM CT slices under ``root`` ordered by series and position; non-DICOM files are skipped."""
+def find_ct_sources(root: str | os.PathLike, planes: tuple[str, ...] = ("axial",)
+                    ) -> tuple[list[Source], dict[Path, str]]:
+    """DICOM CT slices under ``root`` ordered by series and position; non-DICOM files are skipped, and so
+    are slices whose ImageOrientationPatient is not one of ``planes`` (coronal / sagittal reformats).
+    Slices without an orientation are kept (single-slice secondary captures often lack it)."""
     scan = dicom.scan_dicom_tree(root)
     sources: list[Source] = []
     skipped = dict(scan.skipped)
@@ -92,8 +95,14 @@ def find_ct_sources(root: str | os.PathLike) -> tuple[list[Source], dict[Path, s
             if modality and modality != "CT":
                 skipped[path] = f"modality {modality}, not CT"
                 continue
+            plane = dicom.slice_plane(ds)
+            if plane is not None and plane not in planes:
+                skipped[path] = f"{plane} slice (not {'/'.join(planes)}): a reformat, not training data"
+                continue
             sources.append(Source(path, {"series_uid": uid, "slice_index": rank,
-                                         "sop_uid": str(ds.get("SOPInstanceUID", ""))}))
+                                         "sop_uid": str(ds.get("SOPInstanceUID", "")),
+                                         "patient_id": str(ds.get("PatientID", "")),
+                                         "plane": plane}))
     return sources, skipped
 
 
@@ -315,6 +324,14 @@ class PrepareResult:
         return self.out_dir / MANIFEST
 
 
+def skip_counts(skipped: dict[Path, str]) -> dict[str, int]:
+    """How many files were skipped for each reason (most frequent first)."""
+    counts: dict[str, int] = {}
+    for reason in skipped.values():
+        counts[reason] = counts.get(reason, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
 def read_manifest(folder: str | os.PathLike) -> dict:
     """Read and check ``manifest.json`` of a prepared folder."""
     path = Path(folder) / MANIFEST
@@ -372,6 +389,7 @@ def prepare(modality: str, in_dir: str | os.PathLike, out_dir: str | os.PathLike
         "modality": modality, "image_size": int(size), "shape": [int(size), int(size)], "dtype": "float32",
         "space": "model", "value_range": [-1.0, 1.0], "normalisation": _normalisation(modality, window, side),
         "source_root": str(in_dir.resolve()), "counts": {"items": len(items), "skipped": len(skipped)},
+        "skipped_by_reason": skip_counts(skipped),
         "items": items, "skipped": [{"source": str(p), "reason": r} for p, r in sorted(skipped.items())],
     }
     write_text(out_dir / MANIFEST, json.dumps(manifest, indent=1))

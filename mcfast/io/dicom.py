@@ -220,6 +220,22 @@ def _geometry(ds: Dataset) -> tuple[np.ndarray | None, np.ndarray | None]:
     return position, normal / norm
 
 
+def slice_plane(ds: Dataset) -> str | None:
+    """"axial", "coronal" or "sagittal" from ImageOrientationPatient (the patient axis the slice normal is
+    closest to), or None when the header has no usable orientation. Scanner reformats (MPR) of an axial
+    series carry coronal or sagittal orientations; training on them would mix views."""
+    _, normal = _geometry(ds)
+    if normal is None:
+        try:
+            iop = np.array([float(v) for v in ds.ImageOrientationPatient], dtype=np.float64)
+            normal = np.cross(iop[:3], iop[3:])
+        except (AttributeError, TypeError, ValueError):
+            return None
+        if iop.shape != (6,) or not np.isfinite(normal).all() or np.linalg.norm(normal) < 1e-6:
+            return None
+    return ("sagittal", "coronal", "axial")[int(np.argmax(np.abs(normal)))]
+
+
 def hu_from_dataset(ds: Dataset, path: str | os.PathLike = "<dataset>") -> np.ndarray:
     """Stored values → HU (float32) via RescaleSlope/Intercept (or a Modality LUT); padding → HU_MIN."""
     path = Path(path)

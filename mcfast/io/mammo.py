@@ -211,17 +211,30 @@ def resize_keep_aspect(img: np.ndarray, size: int | tuple[int, int], pad_value: 
     return out, MammoTransform(nw / w, float(left), nh / h, float(top), (h, w), (oh, ow))
 
 
-def prepare_mammogram(img: np.ndarray, size: int | tuple[int, int] = 256, side: str = "left",
-                      margin: int = 4) -> tuple[np.ndarray, MammoTransform, np.ndarray]:
-    """Breast mask → crop to the breast (plus ``margin``) → chest wall on ``side`` → resize and pad.
+# Pixels kept around the breast mask when the rest is blanked: the Li threshold sits a little inside
+# the faint skin line, which belongs to the breast.
+BLANK_MARGIN_PX = 3
 
-    ``img`` is [0, 1] with dense tissue bright. Returns (image (size) float32 in [0, 1], the recorded
+
+def prepare_mammogram(img: np.ndarray, size: int | tuple[int, int] = 256, side: str = "left",
+                      margin: int = 4, blank_outside: bool = True) -> tuple[np.ndarray, MammoTransform, np.ndarray]:
+    """Breast mask → blank everything outside it → crop to the breast (plus ``margin``) → chest wall on
+    ``side`` → resize and pad.
+
+    ``img`` is [0, 1] with dense tissue bright. With ``blank_outside`` film labels, scanner marks and
+    scratches outside the (slightly dilated) breast mask become background (0): they are not part of
+    the image a model learns or a test compares. Returns (image (size) float32 in [0, 1], the recorded
     transform from the source image, the resampled breast mask).
     """
+    from scipy import ndimage
+
     img = np.asarray(img, dtype=np.float32)
     mask = breast_mask(img)
     if not mask.any():
         raise InputError("no breast found (the image has no contrast)")
+    if blank_outside:
+        keep = ndimage.binary_dilation(mask, iterations=BLANK_MARGIN_PX)
+        img = np.where(keep, img, np.float32(0.0))
     rows, cols = np.nonzero(mask)
     h, w = img.shape
     box = (max(0, cols.min() - margin), max(0, rows.min() - margin),

@@ -15,7 +15,8 @@ def make_model_fn(model: torch.nn.Module, device: torch.device, precision: str,
                   channels_last: bool) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """Wrap ``model`` as ``fn(x, t)`` running under the requested autocast precision and memory format.
 
-    The output is float32 whatever the precision, so the samplers' arithmetic stays in float32.
+    The output is float32 and contiguous whatever the precision and memory format, so the samplers'
+    arithmetic (and the fused guided-step op) sees plain float32 tensors.
     """
     if precision not in PRECISIONS:
         raise InputError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
@@ -32,5 +33,5 @@ def make_model_fn(model: torch.nn.Module, device: torch.device, precision: str,
             x = x.contiguous(memory_format=torch.channels_last)
         ctx = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
         with ctx:
-            return model(x, t).float()
+            return model(x, t).float().contiguous()
     return fn

@@ -144,7 +144,8 @@ class UNetModel(nn.Module):
 
     def __init__(self, image_size: int, in_channels: int = 1, model_channels: int = 64, out_channels: int = 2,
                  num_res_blocks: int = 2, attention_resolutions=(8, 16), dropout: float = 0.0,
-                 channel_mult=(1, 2, 2, 4), num_heads: int = 4, use_scale_shift_norm: bool = True):
+                 channel_mult=(1, 2, 2, 4), num_heads: int = 4, use_scale_shift_norm: bool = True,
+                 mid_attention: bool = True):
         super().__init__()
         channel_mult = tuple(int(m) for m in channel_mult)
         attention_resolutions = tuple(int(a) for a in attention_resolutions)
@@ -158,7 +159,7 @@ class UNetModel(nn.Module):
             out_channels=int(out_channels), num_res_blocks=int(num_res_blocks),
             attention_resolutions=list(attention_resolutions), dropout=float(dropout),
             channel_mult=list(channel_mult), num_heads=int(num_heads),
-            use_scale_shift_norm=bool(use_scale_shift_norm)))
+            use_scale_shift_norm=bool(use_scale_shift_norm), mid_attention=bool(mid_attention)))
         self.model_channels = model_channels
         emb_dim = 4 * model_channels
         self.time_embed = nn.Sequential(nn.Linear(model_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
@@ -179,9 +180,14 @@ class UNetModel(nn.Module):
                 skip_channels.append(ch)
                 ds *= 2
         self.input_blocks = nn.ModuleList(blocks)
-        self.middle_block = EmbedSequential(
-            ResBlock(ch, emb_dim, dropout, ch, use_scale_shift_norm), AttentionBlock(ch, num_heads),
-            ResBlock(ch, emb_dim, dropout, ch, use_scale_shift_norm))
+        # Without mid_attention (and attention_resolutions) the network is fully convolutional: a model
+        # trained on crops runs unchanged at full size. Only GroupNorm's per-image statistics still
+        # span the whole input, a mild train/sample mismatch (the crop's statistics vs the image's).
+        middle: List[nn.Module] = [ResBlock(ch, emb_dim, dropout, ch, use_scale_shift_norm)]
+        if mid_attention:
+            middle.append(AttentionBlock(ch, num_heads))
+        middle.append(ResBlock(ch, emb_dim, dropout, ch, use_scale_shift_norm))
+        self.middle_block = EmbedSequential(*middle)
 
         blocks = []
         for level, mult in list(enumerate(channel_mult))[::-1]:
@@ -253,6 +259,10 @@ PRESETS = {
     "tiny": dict(model_channels=32, num_res_blocks=1, attention_px=(16,), num_heads=2, dropout=0.0),
     "small": dict(model_channels=64, num_res_blocks=2, attention_px=(16, 8), num_heads=4, dropout=0.0),
     "adm": dict(model_channels=128, num_res_blocks=2, attention_px=(32, 16, 8), num_heads=4, dropout=0.1),
+    # Fully convolutional (no attention anywhere) for crop training and full-size sampling: 5.2 M
+    # parameters, 0.78 s per training step of 16 crops of 64² and 1.1 s per call at 512² (bf16, 2 threads).
+    "crop": dict(model_channels=32, num_res_blocks=2, attention_px=(), num_heads=1, dropout=0.0,
+                 channel_mult=(1, 2, 3, 4), mid_attention=False),
 }
 
 
@@ -261,7 +271,7 @@ def preset_config(preset: str, image_size: int, learn_sigma: bool = True, in_cha
     if preset not in PRESETS:
         raise InputError(f"unknown model preset {preset!r}; expected one of {', '.join(PRESETS)}")
     p = PRESETS[preset]
-    mult = default_channel_mult(image_size)
+    mult = p.get("channel_mult") or default_channel_mult(image_size)
     if any(m != int(m) for m in mult):
         raise InputError(f"image size {image_size} is too large for the presets (max 256)")
     lowest = image_size // 2 ** (len(mult) - 1)
@@ -269,4 +279,25 @@ def preset_config(preset: str, image_size: int, learn_sigma: bool = True, in_cha
     return dict(image_size=image_size, in_channels=in_channels, model_channels=p["model_channels"],
                 out_channels=2 * in_channels if learn_sigma else in_channels, num_res_blocks=p["num_res_blocks"],
                 attention_resolutions=attn, dropout=p["dropout"], channel_mult=tuple(int(m) for m in mult),
-                num_heads=p["num_heads"], use_scale_shift_norm=True)
+                num_heads=p["num_heads"], use_scale_shift_norm=True, mid_attention=p.get("mid_attention", True))
+
+
+def is_fully_convolutional(config: dict) -> bool:
+    """True when the U-Net of ``config`` has no self-attention: it then runs at any size divisible by
+    2^(levels − 1), and a model trained on crops samples full images unchanged."""
+    return not config.get("attention_resolutions") and not config.get("mid_attention", True)
+
+
+def check_sampling_size(config: dict, size: int, trained_size: int | None = None, where: str = "model") -> None:
+    """Raise InputError unless the U-Net of ``config`` can sample ``size``×``size`` images."""
+    levels = len(config.get("channel_mult", ())) or 1
+    step = 2 ** (levels - 1)
+    if is_fully_convolutional(config):
+        if size < step or size % step:
+            raise InputError(f"{where}: image size {size} must be a multiple of {step} for this U-Net")
+        return
+    own = trained_size or int(config["image_size"])
+    if size != own:
+        raise InputError(f"{where}: the model was trained at {own}x{own} and has self-attention, so it samples "
+                         f"only that size, not {size}x{size} (a fully convolutional model, e.g. --preset crop, "
+                         f"samples any size)")

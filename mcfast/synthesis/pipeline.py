@@ -69,11 +69,13 @@ def _check_provenance(out: Path, provenance: dict) -> None:
 
 
 def synthesize(ckpt: str | Path, recipe: Recipe, n: int, out: str | Path, *, device: str | None = None,
-               precision: str = "fp32", batch_size: int | None = None, progress: bool = True) -> SynthesisResult:
+               precision: str = "fp32", batch_size: int | None = None, progress: bool = True,
+               channels_last: bool = False) -> SynthesisResult:
     """Make ``n`` annotated images from the run at ``ckpt`` following ``recipe`` into ``out``."""
     from mcfast.models.inference import make_model_fn
     from mcfast.diffusion.gaussian import create_diffusion
-    from mcfast.diffusion.samplers import sample
+    from mcfast.diffusion.samplers import sample, sdedit_start
+    from mcfast.models.unet import check_sampling_size
     from mcfast.guidance.ilvr import ILVRGuidance
     from mcfast.train.checkpoint import MODEL_FILE, load_model
 
@@ -81,10 +83,9 @@ def synthesize(ckpt: str | Path, recipe: Recipe, n: int, out: str | Path, *, dev
         raise InputError(f"--n must be >= 1, got {n}")
     ckpt, out = Path(ckpt), Path(out)
     model, diffusion_kwargs, config = load_model(ckpt, device=device or "cpu")
-    size = int(config.get("data", {}).get("image_size", config["model"].get("image_size", 0)))
-    if size != recipe.image_size:
-        raise InputError(f"{recipe.source}: image_size = {recipe.image_size} but the model at {ckpt} was trained at "
-                         f"{size}x{size}")
+    trained = int(config.get("data", {}).get("image_size", config["model"].get("image_size", 0)))
+    check_sampling_size(config["model"], recipe.image_size, trained, where=f"{recipe.source} with the model at {ckpt}")
+    size = recipe.image_size
     trained_on = config.get("data", {}).get("modality", "generic")
     if trained_on not in ("generic", recipe.modality):
         raise InputError(f"{recipe.source}: modality = {recipe.modality!r} but the model at {ckpt} was trained on "
@@ -105,24 +106,28 @@ def synthesize(ckpt: str | Path, recipe: Recipe, n: int, out: str | Path, *, dev
     mine = [i for i in range(n) if i % world == rank]
     todo = [i for i in mine if not outputs.is_done(out, i)]
     device_t = next(model.parameters()).device
-    model_fn = make_model_fn(model, device_t, precision, channels_last=False)
+    model_fn = make_model_fn(model, device_t, precision, channels_last=channels_last)
     bs = batch_size or recipe.sampler.batch_size
     bar = tqdm(total=len(todo), desc=f"synthesize {recipe.modality}", unit="img", disable=not progress)
     for start in range(0, len(todo), bs):
         batch = todo[start:start + bs]
         plans = [plan_item(recipe, i) for i in batch]
         noise = initial_noise(plans, size).to(device_t)
+        # SDEdit start: each item's anatomy reference noised to start_step with its own x_T noise.
+        anatomy = torch.stack([p.conditions[0].ref for p in plans]).to(device_t)
+        x_start, first = sdedit_start(diffusion, anatomy, noise, recipe.sampler.start_step)
         gen = torch.Generator(device=device_t).manual_seed(item_seed(recipe.seed + 1, batch[0]))
         guidance = ILVRGuidance([p.conditions for p in plans], diffusion, generator=item_seed(recipe.seed + 2, batch[0]),
                                 backend=recipe.sampler.backend)
         x = sample(model_fn, diffusion, noise.shape, method=recipe.sampler.method, eta=recipe.sampler.eta,
-                   clip_denoised=recipe.sampler.clip_denoised, noise=noise, generator=gen, guidance=guidance,
-                   progress=False, device=device_t)
+                   clip_denoised=recipe.sampler.clip_denoised, noise=x_start, generator=gen, guidance=guidance,
+                   progress=False, device=device_t, start_at=first)
         images = x.float().cpu().numpy()[:, 0]
         for p, img in zip(plans, images):
             outputs.write_item(out, p, img, recipe.modality, recipe.output,
                                {"rank": rank, "batch": batch, "sampler": recipe.sampler.method,
-                                "steps": recipe.sampler.steps})
+                                "steps": recipe.sampler.steps, "start_step": recipe.sampler.start_step,
+                                "network_calls": first + 1})
         bar.update(len(batch))
     bar.close()
     coco = None

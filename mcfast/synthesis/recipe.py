@@ -15,7 +15,7 @@ from typing import Any
 from mcfast.errors import InputError
 
 MODALITIES = ("ct", "mg")
-ANATOMY_SOURCES = ("phantom", "file", "folder")
+ANATOMY_SOURCES = ("phantom", "file", "folder", "prepared")
 PATHOLOGY_SOURCES = ("synthetic", "msd", "voc", "mias", "file")
 FILTERS = ("box", "bicubic")
 BACKENDS = ("auto", "reference", "fused")
@@ -30,6 +30,7 @@ class SamplerSpec:
     clip_denoised: bool = True
     backend: str = "auto"
     batch_size: int = 4
+    start_step: int = 1000  # SDEdit: start from the anatomy noised to this step (1000 = from pure noise)
 
 
 @dataclass
@@ -147,6 +148,8 @@ def validate(recipe: Recipe) -> Recipe:
     _check_choice(s.backend, BACKENDS, "sampler.backend", where)
     if s.batch_size < 1:
         raise InputError(f"{where}: sampler.batch_size must be ≥ 1")
+    if not 1 <= s.start_step <= T_MAX:
+        raise InputError(f"{where}: sampler.start_step = {s.start_step} is outside [1, {T_MAX}] (the 1000-step scale)")
     a = recipe.anatomy
     _check_choice(a.source, ANATOMY_SOURCES, "anatomy.source", where)
     if a.source != "phantom" and not a.path:

@@ -109,6 +109,43 @@ def _read_anatomy_file(modality: str, path: Path, size: int, rng: np.random.Gene
     return Anatomy(img.astype(np.float32), mask & _tissue_mask("mg", img, str(path)), str(path))
 
 
+@functools.lru_cache(maxsize=4)
+def _prepared_items(path: str) -> tuple[list[Path], str]:
+    from mcfast.io.datasets import read_manifest
+
+    manifest = read_manifest(path)
+    if manifest.get("normalisation", {}).get("kind") == "window":
+        raise InputError(f"{path}: prepared with a display window, so its HU cannot be recovered; prepare the "
+                         f"anatomy references with the full HU range (no --window)")
+    return [Path(path) / it["file"] for it in manifest["items"]], str(manifest.get("modality", ""))
+
+
+def _prepared_anatomy(modality: str, folder: Path, size: int, rng: np.random.Generator,
+                      slice_index: int) -> Anatomy:
+    """A random item (or item ``slice_index``) of a folder made by ``mcfast prepare`` (model space [-1, 1]);
+    for CT only items whose lungs leave room for lesions are drawn."""
+    from mcfast.io.images import read_npy
+    from mcfast.synthesis.plan import from_model
+
+    files, prepared_as = _prepared_items(str(folder))
+    if prepared_as and prepared_as != modality:
+        raise InputError(f"{folder}: prepared as {prepared_as!r} images, the recipe is {modality!r}")
+    order = [slice_index] if slice_index >= 0 else [int(k) for k in rng.permutation(len(files))]
+    if order[0] >= len(files):
+        raise InputError(f"{folder}: slice_index {slice_index} outside 0..{len(files) - 1}")
+    last_error = None
+    for k in order:
+        values = _resize(from_model(modality, read_npy(files[k])), size)
+        try:
+            tissue = _tissue_mask(modality, values, str(files[k]))
+        except InputError as exc:
+            last_error = exc
+            continue
+        if modality != "ct" or tissue.mean() >= MIN_LUNG_FRACTION:
+            return Anatomy(values, tissue, str(files[k]))
+    raise last_error or InputError(f"{folder}: no item shows lungs covering {MIN_LUNG_FRACTION:.0%} of the image")
+
+
 def load_anatomy(modality: str, source: str, path: str, size: int, seed: int, rng: np.random.Generator,
                  slice_index: int = -1) -> Anatomy:
     """The anatomy reference of one item: a phantom drawn from ``seed`` or a real image from ``path``."""
@@ -125,6 +162,8 @@ def load_anatomy(modality: str, source: str, path: str, size: int, seed: int, rn
     p = Path(path)
     if not p.exists():
         raise InputError(f"{p}: anatomy path not found")
+    if source == "prepared":
+        return _prepared_anatomy(modality, p, size, rng, slice_index)
     if source == "folder":
         if not p.is_dir():
             raise InputError(f"{p}: anatomy.source = 'folder' needs a folder")

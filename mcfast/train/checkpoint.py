@@ -156,3 +156,15 @@ def load_model(run_dir: str | Path, device: str | torch.device = "cpu", ema: boo
         raise CheckpointError(f"{run_dir / MODEL_FILE}: has no {'ema' if ema else 'model'}.* weights")
     load_state_strict(model, state, run_dir / MODEL_FILE)
     return model.to(device).eval(), dict(config["diffusion"]), config
+
+
+def read_init(source: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(config, float32 weights) to warm-start from: a run folder or a shipped asset folder (EMA weights,
+    the raw weights when a file has no EMA copy). Shipped assets may be bf16/fp16; training is float32."""
+    source = Path(source)
+    config = read_config(source)
+    weights = _read_tensors(source / MODEL_FILE, int(config["step"]))
+    state = split_prefix(weights, "ema") or split_prefix(weights, "model")
+    if not state:
+        raise CheckpointError(f"{source / MODEL_FILE}: has no ema.* or model.* weights")
+    return config, {k: v.float() for k, v in state.items()}

@@ -76,10 +76,33 @@ class LossSecondMomentResampler(UniformSampler):
             self.loss_counts = tensors["loss_counts"].to(torch.long).clone()
 
 
+class SubsetSampler(UniformSampler):
+    """Uniform over a subset of the chain: the steps a respaced sampler visits (Fast-DDPM's idea: a model
+    only ever called at those steps need not learn the others)."""
+
+    def __init__(self, num_timesteps: int, respacing: str):
+        from mcfast.diffusion.schedule import space_timesteps
+        super().__init__(num_timesteps)
+        self.respacing = respacing
+        self.steps = torch.tensor(sorted(space_timesteps(num_timesteps, respacing)), dtype=torch.long)
+
+    def weights(self) -> torch.Tensor:
+        w = torch.zeros(self.num_timesteps, dtype=torch.float64)
+        w[self.steps] = 1.0
+        return w
+
+    def sample(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        pick = torch.randint(0, len(self.steps), (batch_size,), generator=generator)
+        return self.steps[pick], torch.ones(batch_size)
+
+
 def create_timestep_sampler(name: str, num_timesteps: int, **kwargs) -> UniformSampler:
     from mcfast.errors import InputError
     if name == "uniform":
         return UniformSampler(num_timesteps)
     if name == "loss-second-moment":
         return LossSecondMomentResampler(num_timesteps, **kwargs)
-    raise InputError(f"unknown timestep sampler {name!r}; expected 'uniform' or 'loss-second-moment'")
+    if name.startswith("visited:"):
+        return SubsetSampler(num_timesteps, name.split(":", 1)[1])
+    raise InputError(f"unknown timestep sampler {name!r}; expected 'uniform', 'loss-second-moment' or "
+                     f"'visited:RESPACING' (e.g. visited:100)")

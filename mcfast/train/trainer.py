@@ -29,6 +29,7 @@ from mcfast.diffusion.samplers import sample
 from mcfast.errors import CheckpointError, InputError
 from mcfast.train import checkpoint as ckpt
 from mcfast.train.ddp import DistInfo, all_gather_cat, barrier, current_dist_info
+from mcfast.train.crops import apply_crops, draw_crop_boxes
 from mcfast.train.timesteps import create_timestep_sampler
 
 LOG_FILE = "log.jsonl"
@@ -55,6 +56,8 @@ class TrainConfig:
     importance_history: int = 10
     num_workers: int = 0
     channels_last: bool = False
+    crop_size: int = 0             # train on random crops of this size (0: whole images)
+    min_snr_gamma: float = 0.0     # Min-SNR-γ weighting of the ε-MSE (0: off, the improved-DDPM objective)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
@@ -136,7 +139,7 @@ class Trainer:
     def __init__(self, model: nn.Module, diffusion: GaussianDiffusion, dataset: Dataset, out_dir: str | Path,
                  config: TrainConfig, *, diffusion_kwargs: dict[str, Any], data_info: dict[str, Any] | None = None,
                  device: str | torch.device | None = None, resume: bool = False, progress: bool = True,
-                 dist_info: DistInfo | None = None):
+                 dist_info: DistInfo | None = None, init_weights: dict[str, Tensor] | None = None):
         self.config = config
         self.out_dir = Path(out_dir)
         self.info = dist_info or current_dist_info()
@@ -166,6 +169,10 @@ class Trainer:
         self.step = 0
         if resume:
             self._resume()
+        elif init_weights is not None:
+            # Warm start: weights only (optimizer, step and RNG start fresh), into both the raw and EMA copy.
+            ckpt.load_state_strict(self.model, init_weights, "--init weights")
+            ckpt.load_state_strict(self.ema_model, init_weights, "--init weights")
         elif (self.out_dir / ckpt.CONFIG_FILE).exists():
             raise InputError(f"{self.out_dir}: already holds a run (config.json); pass --resume to continue it "
                              f"or choose another --out")
@@ -188,7 +195,13 @@ class Trainer:
         mc = model.model_config()
         first = self.dataset[0]
         expected = (mc["in_channels"], mc["image_size"], mc["image_size"])
-        if tuple(first.shape) != expected:
+        if c.crop_size:
+            if c.crop_size != mc["image_size"]:
+                raise InputError(f"crop size {c.crop_size} differs from the model's training size {mc['image_size']}")
+            if first.shape[0] != mc["in_channels"] or min(first.shape[-2:]) < c.crop_size:
+                raise InputError(f"dataset images have shape {tuple(first.shape)}; crops of {c.crop_size} need "
+                                 f"{mc['in_channels']} channel(s) and at least {c.crop_size} pixels a side")
+        elif tuple(first.shape) != expected:
             raise InputError(f"dataset images have shape {tuple(first.shape)}, the model expects {expected}")
         if c.max_steps < 0 or c.save_every < 1 or c.log_every < 1:
             raise InputError("max_steps must be >= 0 and save_every, log_every >= 1")
@@ -207,7 +220,7 @@ class Trainer:
     def _resume(self) -> None:
         config, weights, opt_tensors = ckpt.load_checkpoint(self.out_dir)
         source = self.out_dir / ckpt.MODEL_FILE
-        if config["model"] != self.model.model_config():
+        if {"mid_attention": True, **config["model"]} != self.model.model_config():  # runs from before the key
             raise CheckpointError(f"{self.out_dir / ckpt.CONFIG_FILE}: model settings {config['model']} differ from "
                                   f"the model being trained")
         if config["diffusion"] != self.diffusion_kwargs:
@@ -268,13 +281,17 @@ class Trainer:
         """
         B = self.config.batch_size
         local = B // self.info.world_size
+        sl = slice(self.info.rank * local, (self.info.rank + 1) * local)
+        if self.config.crop_size:
+            boxes = draw_crop_boxes(B, tuple(x0_local.shape[-2:]), self.config.crop_size, self.generator)
+            x0_local = apply_crops(x0_local, boxes[sl], self.config.crop_size)
         t_all, w_all = self.timestep_sampler.sample(B, self.generator)
         noise_all = torch.randn((B,) + tuple(x0_local.shape[1:]), generator=self.generator)
-        sl = slice(self.info.rank * local, (self.info.rank + 1) * local)
         x0 = x0_local.to(self.device, non_blocking=True)
         t, w, noise = (v[sl].to(self.device) for v in (t_all, w_all, noise_all))
         self.optimizer.zero_grad(set_to_none=True)
-        losses = self.diffusion.training_losses(self._model_fn, x0, t, noise=noise)
+        losses = self.diffusion.training_losses(self._model_fn, x0, t, noise=noise,
+                                                min_snr_gamma=self.config.min_snr_gamma)
         loss = (losses["loss"] * w).mean()
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
