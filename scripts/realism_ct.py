@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mcfast.errors import InputError
 from mcfast.evaluate.classifier import machine_info
 from mcfast.evaluate.realism import train_feature_network
 from mcfast.evaluate.realism_suite import SuiteSettings, compare, memorization
@@ -119,13 +120,46 @@ def anatomy_groups(anatomy: list[str], train_files: list[str], train_patients: l
     return [patient_of.get(Path(a).name, a) for a in anatomy]
 
 
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
 def machine_line(info: dict) -> str:
-    return (f"{info['cpu_count']} CPU cores ({info['processor']}), no GPU" if not info["cuda"] else "GPU") + \
-        f", torch {info['torch']}, {info['torch_threads']} thread(s) per process"
+    cpu = info.get("cpu_model") or info["processor"]
+    return (f"{info['cpu_count']} CPU cores ({cpu}), no GPU" if not info["cuda"] else "GPU") + \
+        f", torch {info['torch']}, {info['torch_threads']} thread(s) in the scoring pass"
 
 
 def _fmt_auc(d: dict) -> str:
     return f"{d['auc']:.2f} [{d['auc_lo']:.2f}, {d['auc_hi']:.2f}]"
+
+
+def size_section(size: str, block: dict) -> list[str]:
+    """The table, the real tissue ranges and the target checks of one image size (Markdown lines)."""
+    lines = ["| set | patch-CNN AUC [95 %] | hand-feature AUC [95 %] | Fréchet (AE) | spectrum mid / high "
+             "(× real) | lung / fat / soft tissue / bone HU | NCC > 0.95 | s / image |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, r in [("floor (real train vs real val)", block["floor"])] + list(block["synthetic"].items()):
+        hu = r.get("tissue_hu", {}).get("median_hu", {})
+        hu_s = " / ".join(f"{hu.get(t, float('nan')):.0f}" for t in TISSUES)
+        sp = r["spectrum_ratio"]
+        lines.append(f"| {name} | {_fmt_auc(r['patch_cnn'])} | {_fmt_auc(r['hand_features'])} | "
+                     f"{r['frechet']:.3g} | {sp['mid']:.2f} / {sp['high']:.2f} | {hu_s} | "
+                     f"{r['memorization']['rate_above_threshold']:.0%} | {r.get('seconds_per_image', '')} |")
+    real_hu = block["real_tissue_hu"]
+    lines += ["", f"Real validation tissue medians at {size}² (HU, all pixels; per-image range): " + ", ".join(
+        f"{t} {real_hu['median_hu'][t]:.0f} ({real_hu['range'][t][0]:.0f} to {real_hu['range'][t][1]:.0f})"
+        for t in TISSUES), ""]
+    for name, checks in block.get("targets", {}).items():
+        lines.append(f"- targets, {name}: " + "; ".join(f"{k} {'met' if v else '**not met**'}"
+                                                       for k, v in checks.items()))
+    return lines + [""]
 
 
 def write_markdown(results: dict, path: Path) -> None:
@@ -134,31 +168,27 @@ def write_markdown(results: dict, path: Path) -> None:
              "in `realism_ct.json`. Real side of every comparison: the validation patients of",
              "`configs/ct_real_data.toml` (never used for training, references or model selection). The *floor* row",
              "compares training-split real slices (as many as each synthetic set, one per patient first) with the same",
-             "validation slices: what real CT of other patients scores.", "",
-             f"Model: `{results['checkpoint']}` at step {results['checkpoint_step']}. Machine: "
+             "validation slices: what real CT of other patients scores. The floor's NCC column is the validation",
+             "slices against the training set (other patients). s / image: 1 thread, two sets made at once on 2 cores.",
+             "", f"Model: `{results['checkpoint']}` at step {results['checkpoint_step']}. Machine: "
              f"{machine_line(results['machine'])}.", ""]
     for size, block in results["sizes"].items():
-        floor = block["floor"]
-        lines += [f"## {size}²", "",
-                  "| set | patch-CNN AUC [95 %] | hand-feature AUC [95 %] | Fréchet (AE) | spectrum mid / high "
-                  "(× real) | lung / fat / soft tissue / bone HU | NCC > 0.95 | s / image |",
-                  "|---|---|---|---|---|---|---|---|"]
-        for name, r in [("floor (real train vs real val)", floor)] + list(block["synthetic"].items()):
-            hu = r.get("tissue_hu", {}).get("median_hu", {})
-            hu_s = " / ".join(f"{hu.get(t, float('nan')):.0f}" for t in TISSUES)
-            sp = r["spectrum_ratio"]
-            lines.append(f"| {name} | {_fmt_auc(r['patch_cnn'])} | {_fmt_auc(r['hand_features'])} | "
-                         f"{r['frechet']:.3g} | {sp['mid']:.2f} / {sp['high']:.2f} | {hu_s} | "
-                         f"{r['memorization']['rate_above_threshold']:.0%} | {r.get('seconds_per_image', '')} |")
-        real_hu = block["real_tissue_hu"]
-        lines += ["", "Real validation tissue medians (HU, all pixels; per-image range): " + ", ".join(
-            f"{t} {real_hu['median_hu'][t]:.0f} ({real_hu['range'][t][0]:.0f} to {real_hu['range'][t][1]:.0f})"
-            for t in TISSUES), ""]
-        for name, checks in block.get("targets", {}).items():
-            lines.append(f"- targets, {name}: " + "; ".join(f"{k} {'met' if v else '**not met**'}"
-                                                           for k, v in checks.items()))
-        lines.append("")
+        lines += [f"## {size}²", ""] + size_section(size, block)
     path.write_text("\n".join(lines) + "\n")
+
+
+README_BEGIN, README_END = "<!-- realism_ct:begin -->", "<!-- realism_ct:end -->"
+
+
+def update_readme(results: dict, readme: Path) -> None:
+    """The README's realism block: the tables of every size, from ``results``."""
+    body = [f"Model step {results['checkpoint_step']}; {machine_line(results['machine'])}.", ""]
+    for size, block in sorted(results["sizes"].items(), key=lambda kv: -int(kv[0])):
+        body += [f"**{size}²**", ""] + size_section(size, block)
+    text = readme.read_text()
+    head, rest = text.split(README_BEGIN)
+    _, tail = rest.split(README_END)
+    readme.write_text(head + README_BEGIN + "\n" + "\n".join(body) + README_END + tail)
 
 
 CARD_BEGIN, CARD_END = "<!-- realism:begin -->", "<!-- realism:end -->"
@@ -193,6 +223,29 @@ def targets(floor: dict, r: dict, anatomy: str, real_hu: dict) -> dict[str, bool
                                                 for t in TISSUES),
         "<= 2 % NCC > 0.95": r["memorization"]["rate_above_threshold"] <= 0.02,
     }
+
+
+def chest_slices_of_distinct_patients(images: np.ndarray, patients: list[str], k: int) -> list[int]:
+    """The first ``k`` slices (in patient order) through both lungs, one per patient, for the figure: the
+    synthetic columns are chest slices too (the references are)."""
+    from mcfast.anatomy.masks import lung_mask
+    from mcfast.io.windows import model_to_hu
+    from mcfast.synthesis.sources import MIN_REFERENCE_LUNG_FRACTION
+
+    picked, seen = [], set()
+    for i in sorted(range(len(images)), key=lambda j: (patients[j], j)):
+        if patients[i] in seen:
+            continue
+        try:
+            chest = lung_mask(np.asarray(model_to_hu(images[i]))).mean() >= MIN_REFERENCE_LUNG_FRACTION
+        except InputError:
+            chest = False
+        if chest:
+            picked.append(i)
+            seen.add(patients[i])
+        if len(picked) == k:
+            break
+    return picked
 
 
 def write_figure(val: np.ndarray, sets: dict[str, np.ndarray], path: Path, per_set: int = 2, tile: int = 384) -> None:
@@ -232,6 +285,7 @@ def main() -> None:
         results = json.loads((args.results / "realism_ct.json").read_text())
         write_markdown(results, args.results / "realism_ct.md")
         update_model_card(results, REPO / results["checkpoint"] / "README.md")
+        update_readme(results, REPO / "README.md")
         return
     torch.set_num_threads(args.threads)
     os.chdir(REPO)  # recipes name data/ct_real/train relative to the repository
@@ -249,7 +303,7 @@ def main() -> None:
     ckpt_config = json.loads((REPO / cfg["data"]["checkpoint"] / "config.json").read_text())
     n = cfg["synthesis"]["n"]
     results = {"config": cfg, "checkpoint": cfg["data"]["checkpoint"], "checkpoint_step": ckpt_config["step"],
-               "machine": machine_info(), "n_train_slices": len(train512), "n_val_slices": len(val512),
+               "machine": {**machine_info(), "cpu_model": cpu_model()}, "n_train_slices": len(train512), "n_val_slices": len(val512),
                "n_val_patients": len(set(val_patients)), "sizes": {}}
     from mcfast.evaluate.two_sample import tissue_hu_medians
     for size in cfg["synthesis"]["sizes"]:
@@ -286,12 +340,13 @@ def main() -> None:
         if size == max(cfg["synthesis"]["sizes"]):
             shown = {f"synthetic, {name.split('_')[0]} anatomy": load_synthetic(args.out / name, n)[0]
                      for name, spec in sets.items() if spec[1] == size and spec[2] is None}
-            write_figure(val[np.argsort(val_patients, kind="stable")][::max(1, len(val) // 2)], shown,
+            write_figure(val[chest_slices_of_distinct_patients(val, val_patients, 2)], shown,
                          REPO / "docs" / "img" / "ct_real_vs_synthetic.png")
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / "realism_ct.json").write_text(json.dumps(results, indent=1, default=float) + "\n")
     write_markdown(results, args.results / "realism_ct.md")
     update_model_card(results, REPO / cfg["data"]["checkpoint"] / "README.md")
+    update_readme(results, REPO / "README.md")
     print(f"wrote {args.results / 'realism_ct.md'}")
 
 

@@ -163,3 +163,29 @@ def test_torchrun_splits_items_and_merges_one_coco(tmp_path, ct_run):
     assert ranks == [0, 1, 0]
     coco = read_coco(out / "coco.json")
     assert sorted(img["id"] for img in coco["images"]) == [1, 2, 3]
+
+
+def test_prepared_folder_anatomy_draws_only_chest_slices(tmp_path):
+    from mcfast.anatomy.phantom import lung_phantom
+    from mcfast.io.datasets import prepare
+    from mcfast.io.writers import write_ct_dicom
+    from mcfast.synthesis.sources import load_anatomy
+
+    chest = lung_phantom(size=64, seed=1)
+    abdomen = np.where(chest > -500, chest, 40.0).astype(np.float32)  # no air inside the body
+    abdomen[30:33, 30:33] = -1000.0                                      # a little bowel gas
+    for k, hu in enumerate((abdomen, chest, abdomen)):
+        write_ct_dicom(tmp_path / "dcm" / f"{k}.dcm", hu, series_uid="1.2.826.0.1.3680043.8.498.77",
+                       instance_number=k + 1)
+    prepare("ct", tmp_path / "dcm", tmp_path / "prep", size=64, progress=False)
+    sources = set()
+    for seed in range(6):
+        a = load_anatomy("ct", "prepared", str(tmp_path / "prep"), 64, seed, np.random.default_rng(seed))
+        sources.add(Path(a.source).name)
+        assert abs(float(np.median(a.values[chest > -500])) - float(np.median(chest[chest > -500]))) < 30
+    assert sources == {"ct_000001.npy"}
+    with pytest.raises(InputError, match="prepared as 'ct'"):
+        load_anatomy("mg", "prepared", str(tmp_path / "prep"), 64, 0, np.random.default_rng(0))
+    prepare("ct", tmp_path / "dcm", tmp_path / "win", size=64, window="lung", progress=False)
+    with pytest.raises(InputError, match="display window"):
+        load_anatomy("ct", "prepared", str(tmp_path / "win"), 64, 0, np.random.default_rng(0))
