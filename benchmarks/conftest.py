@@ -34,13 +34,9 @@ def pytest_collect_file(file_path, parent):
 
 
 def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+    from mcfast.evaluate.classifier import cpu_name
+
+    return cpu_name()
 
 
 def machine_info() -> dict[str, Any]:

@@ -120,16 +120,6 @@ def anatomy_groups(anatomy: list[str], train_files: list[str], train_patients: l
     return [patient_of.get(Path(a).name, a) for a in anatomy]
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
-
-
 def machine_line(info: dict) -> str:
     cpu = info.get("cpu_model") or info["processor"]
     return (f"{info['cpu_count']} CPU cores ({cpu}), no GPU" if not info["cuda"] else "GPU") + \
@@ -303,7 +293,7 @@ def main() -> None:
     ckpt_config = json.loads((REPO / cfg["data"]["checkpoint"] / "config.json").read_text())
     n = cfg["synthesis"]["n"]
     results = {"config": cfg, "checkpoint": cfg["data"]["checkpoint"], "checkpoint_step": ckpt_config["step"],
-               "machine": {**machine_info(), "cpu_model": cpu_model()}, "n_train_slices": len(train512), "n_val_slices": len(val512),
+               "machine": machine_info(), "n_train_slices": len(train512), "n_val_slices": len(val512),
                "n_val_patients": len(set(val_patients)), "sizes": {}}
     from mcfast.evaluate.two_sample import tissue_hu_medians
     for size in cfg["synthesis"]["sizes"]:
