@@ -9,125 +9,23 @@ synthetic sets are kept under --out and reused on a re-run (synthesis resumes).
 """
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import time
-import tomllib
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from mcfast.errors import InputError
 from mcfast.evaluate.classifier import machine_info
 from mcfast.evaluate.realism import train_feature_network
+from mcfast.evaluate.realism_sets import (anatomy_groups, downsampled_sets, floor_subset, fmt_auc, generate,
+                                          load_split, load_synthetic, machine_line, replace_block,
+                                          report_arguments, resize_area, resize_masks, seconds_per_image,
+                                          start_report, two_sample_targets)
 from mcfast.evaluate.realism_suite import SuiteSettings, compare, memorization
-from mcfast.io.datasets import read_manifest
-from mcfast.io.images import read_npy
-from mcfast.synthesis.recipe import load_recipe, validate
+from mcfast.synthesis.recipe import load_recipe
 
 REPO = Path(__file__).resolve().parent.parent
-RECIPE_SIZE = 512
 TISSUES = ("lung", "fat", "soft_tissue", "bone")
-
-
-def load_split(folder: Path) -> tuple[np.ndarray, list[str], list[str]]:
-    manifest = read_manifest(folder)
-    images = np.stack([read_npy(folder / it["file"]) for it in manifest["items"]])
-    return images, [it["patient"] for it in manifest["items"]], [it["file"] for it in manifest["items"]]
-
-
-def resize_area(images: np.ndarray, size: int) -> np.ndarray:
-    """Anti-aliased (area) downsampling, the same for every real set."""
-    if images.shape[-1] == size:
-        return images
-    t = torch.from_numpy(images)[:, None]
-    return F.interpolate(t, size=(size, size), mode="area")[:, 0].numpy()
-
-
-def floor_subset(patients: list[str], n: int, seed: int) -> list[int]:
-    """n training slices, as many patients as possible (one slice each, in a seeded order)."""
-    rng = np.random.default_rng(seed)
-    by_patient: dict[str, list[int]] = {}
-    for i, p in enumerate(patients):
-        by_patient.setdefault(p, []).append(i)
-    order = [by_patient[p] for p in rng.permutation(sorted(by_patient))]
-    picked: list[int] = []
-    while len(picked) < n:
-        for idx in order:
-            left = [i for i in idx if i not in picked]
-            if left and len(picked) < n:
-                picked.append(int(rng.choice(left)))
-    return picked
-
-
-def scaled_recipe(path: str, size: int, steps: str | None = None):
-    """The 512² recipe at ``size``: ILVR factors and lesion sizes scale with the image."""
-    r = load_recipe(REPO / path)
-    scale = size / RECIPE_SIZE
-    r.image_size = size
-    r.anatomy.factor = max(1, int(round(r.anatomy.factor * scale)))
-    for p in r.pathology:
-        p.factor = max(1, int(round(p.factor * scale)))
-        p.size = (max(4, int(round(p.size[0] * scale))), max(4, int(round(p.size[1] * scale))))
-    if steps is not None:
-        r.sampler.steps = steps
-    return validate(r)
-
-
-def synthetic_sets(cfg: dict) -> dict[str, tuple]:
-    """name -> (recipe path, size, steps or None)."""
-    syn = cfg["synthesis"]
-    sets = {f"{name}_{size}": (path, size, None) for size in syn["sizes"] for name, path in syn["recipes"].items()}
-    sweep = syn.get("step_sweep")
-    if sweep:
-        for steps in sweep["steps"]:
-            sets[f"{sweep['recipe']}_{sweep['size']}_steps{steps}"] = (syn["recipes"][sweep["recipe"]],
-                                                                       sweep["size"], steps)
-    return sets
-
-
-def generate(name: str, spec: tuple, cfg: dict, out: Path) -> Path:
-    from mcfast.synthesis.pipeline import synthesize
-
-    path, size, steps = spec
-    recipe = scaled_recipe(path, size, steps)
-    folder = out / name
-    started = time.perf_counter()
-    result = synthesize(REPO / cfg["data"]["checkpoint"], recipe, cfg["synthesis"]["n"], folder,
-                        precision=cfg["synthesis"]["precision"], progress=True, channels_last=True)
-    if result.written:
-        seconds = (time.perf_counter() - started) / result.written
-        timing = {"seconds_per_image": round(seconds, 2), "threads": torch.get_num_threads(),
-                  "images_timed": result.written}
-        (folder / "timing.json").write_text(json.dumps(timing))
-    return folder
-
-
-def load_synthetic(folder: Path, n: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    items = sorted(p for p in folder.iterdir() if p.is_dir() and (p / "image.npy").is_file())[:n]
-    images = np.stack([np.load(p / "image.npy") for p in items]).astype(np.float32)
-    masks = np.stack([np.load(p / "labels.npy") > 0 for p in items])
-    anatomy = [json.loads((p / "meta.json").read_text())["anatomy"] for p in items]
-    return images, masks, anatomy
-
-
-def anatomy_groups(anatomy: list[str], train_files: list[str], train_patients: list[str]) -> list[str]:
-    """A synthetic image guided by a real slice belongs to that slice's patient (fold grouping)."""
-    patient_of = {f: p for f, p in zip(train_files, train_patients)}
-    return [patient_of.get(Path(a).name, a) for a in anatomy]
-
-
-def machine_line(info: dict) -> str:
-    cpu = info.get("cpu_model") or info["processor"]
-    return (f"{info['cpu_count']} CPU cores ({cpu}), no GPU" if not info["cuda"] else "GPU") + \
-        f", torch {info['torch']}, {info['torch_threads']} thread(s) in the scoring pass"
-
-
-def _fmt_auc(d: dict) -> str:
-    return f"{d['auc']:.2f} [{d['auc_lo']:.2f}, {d['auc_hi']:.2f}]"
 
 
 def size_section(size: str, block: dict) -> list[str]:
@@ -139,7 +37,7 @@ def size_section(size: str, block: dict) -> list[str]:
         hu = r.get("tissue_hu", {}).get("median_hu", {})
         hu_s = " / ".join(f"{hu.get(t, float('nan')):.0f}" for t in TISSUES)
         sp = r["spectrum_ratio"]
-        lines.append(f"| {name} | {_fmt_auc(r['patch_cnn'])} | {_fmt_auc(r['hand_features'])} | "
+        lines.append(f"| {name} | {fmt_auc(r['patch_cnn'])} | {fmt_auc(r['hand_features'])} | "
                      f"{r['frechet']:.3g} | {sp['mid']:.2f} / {sp['high']:.2f} | {hu_s} | "
                      f"{r['memorization']['rate_above_threshold']:.0%} | {r.get('seconds_per_image', '')} |")
     real_hu = block["real_tissue_hu"]
@@ -160,6 +58,8 @@ def write_markdown(results: dict, path: Path) -> None:
              "compares training-split real slices (as many as each synthetic set, one per patient first) with the same",
              "validation slices: what real CT of other patients scores. The floor's NCC column is the validation",
              "slices against the training set (other patients). s / image: 1 thread, two sets made at once on 2 cores.",
+             "A set named `X_512to256` is the 512² set X area-downsampled to 256², as the real 256² slices are made from",
+             "the 512² ones (its s / image is the 512² sampling time).",
              "", f"Model: `{results['checkpoint']}` at step {results['checkpoint_step']}. Machine: "
              f"{machine_line(results['machine'])}.", ""]
     for size, block in results["sizes"].items():
@@ -175,10 +75,7 @@ def update_readme(results: dict, readme: Path) -> None:
     body = [f"Model step {results['checkpoint_step']}; {machine_line(results['machine'])}.", ""]
     for size, block in sorted(results["sizes"].items(), key=lambda kv: -int(kv[0])):
         body += [f"**{size}²**", ""] + size_section(size, block)
-    text = readme.read_text()
-    head, rest = text.split(README_BEGIN)
-    _, tail = rest.split(README_END)
-    readme.write_text(head + README_BEGIN + "\n" + "\n".join(body) + README_END + tail)
+    replace_block(readme, README_BEGIN, README_END, "\n" + "\n".join(body))
 
 
 CARD_BEGIN, CARD_END = "<!-- realism:begin -->", "<!-- realism:end -->"
@@ -191,28 +88,20 @@ def update_model_card(results: dict, card: Path) -> None:
     for size, block in results["sizes"].items():
         for name, r in [("floor", block["floor"])] + list(block["synthetic"].items()):
             sp = r["spectrum_ratio"]
-            rows.append(f"| {size} | {name} | {_fmt_auc(r['patch_cnn'])} | {_fmt_auc(r['hand_features'])} | "
+            rows.append(f"| {size} | {name} | {fmt_auc(r['patch_cnn'])} | {fmt_auc(r['hand_features'])} | "
                         f"{sp['mid']:.2f} / {sp['high']:.2f} |")
-    text = card.read_text()
-    head, rest = text.split(CARD_BEGIN)
-    _, tail = rest.split(CARD_END)
     body = (f"\nMeasured by `python scripts/realism_ct.py` on step {results['checkpoint_step']} "
             f"({machine_line(results['machine'])}); all numbers and the floor's meaning: docs/results/realism_ct.md.\n\n"
             + "\n".join(rows) + "\n")
-    card.write_text(head + CARD_BEGIN + body + CARD_END + tail)
+    replace_block(card, CARD_BEGIN, CARD_END, body)
 
 
 def targets(floor: dict, r: dict, anatomy: str, real_hu: dict) -> dict[str, bool]:
-    margin = 0.10 if anatomy == "real" else 0.15
     hu = r["tissue_hu"]["median_hu"]
-    return {
-        f"patch-CNN AUC <= floor + {margin:.2f}": r["patch_cnn"]["auc"] <= floor["patch_cnn"]["auc"] + margin,
-        f"hand-feature AUC <= floor + {margin:.2f}": r["hand_features"]["auc"] <= floor["hand_features"]["auc"] + margin,
-        "spectrum mid/high within 20 %": all(0.8 <= r["spectrum_ratio"][b] <= 1.2 for b in ("mid", "high")),
-        "tissue medians in the real range": all(real_hu["range"][t][0] <= hu[t] <= real_hu["range"][t][1]
-                                                for t in TISSUES),
-        "<= 2 % NCC > 0.95": r["memorization"]["rate_above_threshold"] <= 0.02,
-    }
+    checks = two_sample_targets(floor, r, anatomy)
+    checks["tissue medians in the real range"] = all(real_hu["range"][t][0] <= hu[t] <= real_hu["range"][t][1]
+                                                     for t in TISSUES)
+    return checks
 
 
 def chest_slices_of_distinct_patients(images: np.ndarray, patients: list[str], k: int) -> list[int]:
@@ -261,31 +150,19 @@ def write_figure(val: np.ndarray, sets: dict[str, np.ndarray], path: Path, per_s
     grid.save(path, optimize=True)
 
 
+def rewrite_documents(results: dict, results_dir: Path) -> None:
+    """The report's Markdown, the model card's table and the README block, from ``results``."""
+    write_markdown(results, results_dir / "realism_ct.md")
+    update_model_card(results, REPO / results["checkpoint"] / "README.md")
+    update_readme(results, REPO / "README.md")
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--config", type=Path, default=REPO / "configs" / "realism_ct.toml")
-    ap.add_argument("--out", type=Path, default=REPO / "out" / "realism_ct")
-    ap.add_argument("--results", type=Path, default=REPO / "docs" / "results")
-    ap.add_argument("--generate-only", default=None, metavar="SET", help="only synthesize this set and stop")
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--report-only", action="store_true",
-                    help="rewrite the Markdown and the model card from the existing JSON")
-    args = ap.parse_args()
-    if args.report_only:
-        results = json.loads((args.results / "realism_ct.json").read_text())
-        write_markdown(results, args.results / "realism_ct.md")
-        update_model_card(results, REPO / results["checkpoint"] / "README.md")
-        update_readme(results, REPO / "README.md")
+    args = report_arguments(__doc__, "realism_ct", REPO)
+    started = start_report(args, "realism_ct", REPO, rewrite_documents)
+    if started is None:
         return
-    torch.set_num_threads(args.threads)
-    os.chdir(REPO)  # recipes name data/ct_real/train relative to the repository
-    cfg = tomllib.loads(args.config.read_text())
-    sets = synthetic_sets(cfg)
-    if args.generate_only:
-        if args.generate_only not in sets:
-            raise SystemExit(f"unknown set {args.generate_only!r}; sets: {', '.join(sets)}")
-        generate(args.generate_only, sets[args.generate_only], cfg, args.out)
-        return
+    cfg, sets = started
     settings = SuiteSettings(**cfg["suite"])
     prepared = REPO / cfg["data"]["prepared"]
     train512, train_patients, train_files = load_split(prepared / "train")
@@ -310,19 +187,22 @@ def main() -> None:
         real_hu["range"] = {t: [float(np.nanmin(v)), float(np.nanmax(v))]
                             for t, v in real_hu["per_image_median_hu"].items()}
         block = {"floor": floor, "real_tissue_hu": real_hu, "synthetic": {}, "targets": {}}
-        for name, spec in sets.items():
-            if spec[1] != size:
-                continue
+        todo = [(name, spec, name, None) for name, spec in sets.items() if spec[1] == size]
+        todo += [(name, sets[src], src, size) for name, (src, target) in downsampled_sets(cfg).items()
+                 if target == size]
+        for name, spec, made_as, downsample_to in todo:
             print(f"[{size}] {name}", flush=True)
-            folder = generate(name, spec, cfg, args.out)
+            folder = generate(made_as, spec, cfg, args.out, REPO)
             images, masks, anatomy = load_synthetic(folder, n)
+            if downsample_to is not None:  # reduced like the real slices at this size
+                images, masks = resize_area(images, downsample_to), resize_masks(masks, downsample_to)
             groups = anatomy_groups(anatomy, train_files, train_patients)
             r = compare(images, val, train, net, settings, groups_candidates=groups, groups_real=val_patients,
                         masks=masks)
-            timing = folder / "timing.json"
-            if timing.is_file():
-                r["seconds_per_image"] = json.loads(timing.read_text())["seconds_per_image"]
+            if seconds_per_image(folder) is not None:
+                r["seconds_per_image"] = seconds_per_image(folder)
             r["recipe"], r["steps"] = spec[0], spec[2] or load_recipe(REPO / spec[0]).sampler.steps
+            r["sampled_at"] = spec[1]
             block["synthetic"][name] = r
             if spec[2] is None:
                 block["targets"][name] = targets(floor, r, name.split("_")[0], real_hu)
@@ -334,9 +214,7 @@ def main() -> None:
                          REPO / "docs" / "img" / "ct_real_vs_synthetic.png")
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / "realism_ct.json").write_text(json.dumps(results, indent=1, default=float) + "\n")
-    write_markdown(results, args.results / "realism_ct.md")
-    update_model_card(results, REPO / cfg["data"]["checkpoint"] / "README.md")
-    update_readme(results, REPO / "README.md")
+    rewrite_documents(results, args.results)
     print(f"wrote {args.results / 'realism_ct.md'}")
 
 

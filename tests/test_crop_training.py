@@ -9,7 +9,7 @@ import torch
 from mcfast.diffusion.gaussian import create_diffusion
 from mcfast.errors import InputError
 from mcfast.models.unet import UNetModel, check_sampling_size, is_fully_convolutional, preset_config
-from mcfast.train.crops import apply_crops, draw_crop_boxes
+from mcfast.train.crops import apply_crops, draw_crop_boxes, foreground_fraction, pick_foreground_boxes
 from mcfast.train.timesteps import create_timestep_sampler
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -43,6 +43,42 @@ def test_crop_boxes_lie_inside_and_apply_cuts_the_right_pixels():
     assert torch.equal(crops[1, 0], images[1, 0, 1:9, 2:10].flip(-1))
     with pytest.raises(InputError, match="crop size 40"):
         draw_crop_boxes(1, (20, 30), 40, g)
+
+
+def test_no_flip_and_candidate_boxes_keep_the_default_stream():
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    assert torch.equal(draw_crop_boxes(16, (40, 40), 8, g1), draw_crop_boxes(16, (40, 40), 8, g2, candidates=1))
+    unflipped = draw_crop_boxes(64, (40, 40), 8, torch.Generator().manual_seed(3), flip=False)
+    assert unflipped[:, 2].eq(0).all()
+    cands = draw_crop_boxes(5, (40, 40), 8, torch.Generator().manual_seed(3), candidates=4)
+    assert cands.shape == (5, 4, 3)
+
+
+def test_foreground_crops_avoid_the_padding_of_a_framed_image():
+    # Left quarter "breast" (above the minimum), the rest padding at exactly the minimum.
+    images = torch.full((6, 1, 64, 64), -1.0)
+    images[:, :, :, :16] = torch.rand(6, 1, 64, 16) * 0.5
+    g = torch.Generator().manual_seed(0)
+    cands = draw_crop_boxes(6, (64, 64), 16, g, candidates=8)
+    picked = pick_foreground_boxes(images, cands, 16, 0.5)
+    assert picked.shape == (6, 3)
+    fractions = [foreground_fraction(img, t, l, 16) for img, (t, l, _) in zip(images, picked.tolist())]
+    # 8 uniform draws fail to reach half foreground with probability (1 - P(left <= 8 of 49))^8 ~ 0.2 per
+    # item; the pick is then the candidate with the most foreground, never one with less than another's.
+    for img, cand, frac in zip(images, cands.tolist(), fractions):
+        best = max(foreground_fraction(img, t, l, 16) for t, l, _ in cand)
+        assert frac >= 0.5 or frac == best
+    assert np.mean(fractions) > 0.4  # uniform crops: ~0.14 foreground on average
+
+
+def test_crop_foreground_option_is_validated_and_recorded(tmp_path):
+    data = write_npy_images(tmp_path / "data", size=32)
+    assert _cli(["train", "--data", data, "--out", tmp_path / "bad", "--crop", 16, "--max-steps", 1,
+                 "--crop-foreground", 1.5, *CONV]) == 2
+    assert _cli(["train", "--data", data, "--out", tmp_path / "ok", "--crop", 16, "--max-steps", 1,
+                 "--batch-size", 2, "--crop-foreground", 0.3, "--no-crop-flip", *CONV]) == 0
+    train = json.loads((tmp_path / "ok" / "config.json").read_text())["train"]
+    assert train["crop_foreground"] == 0.3 and train["crop_flip"] is False
 
 
 def test_crop_preset_is_fully_convolutional_and_samples_any_size():

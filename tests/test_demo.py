@@ -15,7 +15,8 @@ PATIENT_TAGS = ("PatientBirthDate", "PatientAddress", "OtherPatientIDs", "Patien
                 "InstitutionName", "ReferringPhysicianName")
 
 
-@pytest.mark.parametrize("modality, model", [("ct", "phantom64"), ("mg", "phantom64"), ("ct", "real")])
+@pytest.mark.parametrize("modality, model", [("ct", "phantom64"), ("mg", "phantom64"), ("ct", "real"),
+                                             ("mg", "real")])
 def test_shipped_defaults_are_small_and_load(modality, model):
     from mcfast.train.checkpoint import load_model
 
@@ -26,12 +27,33 @@ def test_shipped_defaults_are_small_and_load(modality, model):
     assert "trained_on" in config and ("phantom" in config["trained_on"]) == (model == "phantom64")
 
 
-def test_default_ct_model_is_the_real_one_and_unknown_names_fail():
+def test_default_models_are_the_real_ones_and_unknown_names_fail():
     from mcfast.errors import InputError
 
     assert default_checkpoint("ct").name == "ct_real"
-    with pytest.raises(InputError, match="no shipped mg model named 'real'"):
-        default_checkpoint("mg", "real")
+    assert default_checkpoint("mg").name == "mg_mias"
+    with pytest.raises(InputError, match="no shipped mg model named 'tiny'"):
+        default_checkpoint("mg", "tiny")
+
+
+def test_mg_mias_model_card_carries_the_licence_and_matches_the_realism_json():
+    from pathlib import Path
+
+    card = (default_checkpoint("mg", "real") / "README.md").read_text()
+    assert "research use only" in card.lower() and "Suckling" in card and "1994" in card
+    config = json.loads((default_checkpoint("mg", "real") / "config.json").read_text())
+    assert "research use only" in config["trained_on"].lower()
+    assert f"{config['step']} steps" in card and "CPU-hours" in card
+    results = Path(__file__).resolve().parents[1] / "docs" / "results" / "realism_mg.json"
+    data = json.loads(results.read_text())
+    assert data["checkpoint_step"] == config["step"], "the card's numbers are for the shipped weights"
+    block = card.split("<!-- realism:begin -->")[1].split("<!-- realism:end -->")[0]
+    for size, sizes in data["sizes"].items():
+        for name, r in [("floor", sizes["floor"])] + list(sizes["synthetic"].items()):
+            row = next(line for line in block.splitlines() if line.startswith(f"| {size} | {name} |"))
+            assert f"{r['patch_cnn']['auc']:.2f}" in row and f"{r['hand_features']['auc']:.2f}" in row, row
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert "research use only" in readme.lower() and "Suckling" in readme
 
 
 def test_ct_real_model_card_names_data_licences_and_matches_the_realism_json():
@@ -97,11 +119,14 @@ def test_demo_tiny(tmp_path, capsys):
     meta = json.loads((out / "lung_ct" / "000000" / "meta.json").read_text())
     assert meta["lesions"] and meta["anatomy"].startswith("phantom:lung")
     assert meta["height"] == 256  # the real-CT default samples 256², not its 64² training crops
+    meta = json.loads((out / "mammography" / "000000" / "meta.json").read_text())
+    assert meta["lesions"] and meta["anatomy"].startswith("phantom:breast") and meta["height"] == 256
 
 
-def test_demo_phantom64_ct_model_stays_available(tmp_path, capsys):
+@pytest.mark.parametrize("modality, run, asset", [("ct", "lung_ct", "default_ct"), ("mg", "mammography", "default_mg")])
+def test_demo_phantom64_models_stay_available(tmp_path, capsys, modality, run, asset):
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--n", "1", "--steps", "3", "--modality", "ct", "--ct-model",
-                 "phantom64", "--no-progress"]) == 0
-    meta = json.loads((out / "lung_ct" / "000000" / "meta.json").read_text())
-    assert meta["height"] == 64 and "default_ct" in capsys.readouterr().out
+    assert main(["demo", "--out", str(out), "--n", "1", "--steps", "3", "--modality", modality,
+                 f"--{modality}-model", "phantom64", "--no-progress"]) == 0
+    meta = json.loads((out / run / "000000" / "meta.json").read_text())
+    assert meta["height"] == 64 and asset in capsys.readouterr().out

@@ -14,10 +14,11 @@ from mcfast.errors import InputError
 # Training options whose value on --resume comes from the run unless given again.
 _TRAIN_OPTIONS = ("batch_size", "lr", "weight_decay", "ema_rate", "grad_clip", "max_steps", "save_every",
                   "sample_every", "sample_n", "sample_steps", "log_every", "seed", "precision", "num_workers",
-                  "channels_last", "crop_size", "min_snr_gamma")
+                  "channels_last", "crop_size", "crop_flip", "crop_foreground", "min_snr_gamma")
 _DEFAULTS = dict(batch_size=8, lr=1e-4, weight_decay=0.0, ema_rate=0.9999, grad_clip=1.0, max_steps=10000,
                  save_every=1000, sample_every=1000, sample_n=16, sample_steps=50, log_every=10, seed=0,
-                 precision="auto", num_workers=0, channels_last=False, crop_size=0, min_snr_gamma=0.0)
+                 precision="auto", num_workers=0, channels_last=False, crop_size=0, crop_flip=True,
+                 crop_foreground=0.0, min_snr_gamma=0.0)
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -40,6 +41,11 @@ def register(subparsers) -> None:
     p.add_argument("--crop", dest="crop_size", type=int,
                    help="train on random CROPxCROP crops (left-right flipped at random) of the full-size images; "
                         "use with a fully convolutional preset (crop) to sample at the full size later")
+    p.add_argument("--no-crop-flip", dest="crop_flip", action="store_false", default=None,
+                   help="do not flip crops (mammograms: the framing puts the chest wall on the left)")
+    p.add_argument("--crop-foreground", type=float, metavar="FRACTION",
+                   help="least share of a crop above the image minimum (best of 8 positions), e.g. 0.5 for "
+                        "mammograms, whose framing pads ~60 %% of the image (default 0: uniform crops)")
     p.add_argument("--init", type=Path, metavar="RUN_OR_ASSET",
                    help="warm start: architecture, diffusion settings and (EMA) weights from a run folder or a "
                         "shipped asset folder (e.g. mcfast/assets/ct_real); optimizer and step start fresh")
@@ -124,6 +130,8 @@ def run(args: argparse.Namespace) -> int:
         device = torch.device("cuda", info.local_rank)
     try:
         given = {k: getattr(args, k) for k in _TRAIN_OPTIONS if getattr(args, k) is not None}
+        if not 0.0 <= given.get("crop_foreground", 0.0) < 1.0:
+            raise InputError(f"--crop-foreground must be in [0, 1), got {args.crop_foreground}")
         init_weights = None
         if args.resume and args.init is not None:
             raise InputError("--init starts a new run from earlier weights; --resume continues a run: pick one")

@@ -1,8 +1,8 @@
 """The default models shipped inside the package, and the built-in demo recipes.
 
-CT has two: ``real`` (mcfast/assets/ct_real, the crop-trained model on real chest CT, sampled at
-256-512²; the default) and ``phantom64`` (mcfast/assets/default_ct, the 64² model trained on mcfast's
-own phantoms). Mammography ships ``phantom64`` (mcfast/assets/default_mg).
+Each modality has two: ``real`` (the crop-trained model on real scans, sampled at 256-512²; the default:
+mcfast/assets/ct_real on TCIA chest CT, mcfast/assets/mg_mias on MIAS films, research use only) and
+``phantom64`` (mcfast/assets/default_ct / default_mg, the 64² models trained on mcfast's own phantoms).
 """
 from __future__ import annotations
 
@@ -16,9 +16,10 @@ MODALITIES = ("ct", "mg")
 MODELS = {
     ("ct", "real"): ("ct_real", "demo_ct_real.toml"),
     ("ct", "phantom64"): ("default_ct", "demo_ct.toml"),
+    ("mg", "real"): ("mg_mias", "demo_mg_real.toml"),
     ("mg", "phantom64"): ("default_mg", "demo_mg.toml"),
 }
-DEFAULT_MODEL = {"ct": "real", "mg": "phantom64"}
+DEFAULT_MODEL = {"ct": "real", "mg": "real"}
 
 
 def _entry(modality: str, model: str | None) -> tuple[str, str]:

@@ -64,4 +64,9 @@ if __name__ == "__main__":
     ap.add_argument("--trained-on", default=None, help="what the data was (default: mcfast phantoms)")
     ap.add_argument("--history", default=None, help="JSON object recorded as the training history")
     a = ap.parse_args()
-    print(ship(a.run_dir, a.dest, a.dtype, a.trained_on, json.loads(a.history) if a.history else None))
+    from mcfast.errors import McfastError
+
+    try:
+        print(ship(a.run_dir, a.dest, a.dtype, a.trained_on, json.loads(a.history) if a.history else None))
+    except (McfastError, json.JSONDecodeError) as exc:
+        raise SystemExit(f"mcfast.demo.ship: error: {exc}") from None

@@ -5,7 +5,7 @@ The same function scores the real-vs-real floor (training-split real slices agai
 slices) and each synthetic set, so each number has its floor measured the same way in the same run:
 two two-sample tests with intervals (patch-level CNN, hand features), the Fréchet distance on
 features of an autoencoder trained here on real training slices, radial power spectrum bands,
-tissue HU medians (CT) and the memorization audit (nearest training slice by NCC after a high-pass,
+tissue HU medians (CT) or the breast-area intensity distance (MG), and the memorization audit (nearest training slice by NCC after a high-pass,
 with inserted lesions blanked).
 """
 from __future__ import annotations
@@ -59,7 +59,7 @@ def memorization(candidates: np.ndarray, training: np.ndarray, settings: SuiteSe
 
 
 def compare(candidates: np.ndarray, real: np.ndarray, training: np.ndarray, feature_net: FeatureAutoencoder,
-            settings: SuiteSettings, *, ct: bool = True, groups_candidates=None, groups_real=None,
+            settings: SuiteSettings, *, modality: str = "ct", groups_candidates=None, groups_real=None,
             masks: np.ndarray | None = None) -> dict:
     """All realism numbers of ``candidates`` against ``real`` (both (N, H, W) model space, one size).
 
@@ -79,6 +79,8 @@ def compare(candidates: np.ndarray, real: np.ndarray, training: np.ndarray, feat
         "spectrum_ratio": two_sample.spectrum_band_ratios(real, candidates),
         "memorization": memorization(candidates, training, settings, masks),
     }
-    if ct:
+    if modality == "ct":
         out["tissue_hu"] = two_sample.tissue_hu_medians(candidates)
+    elif modality == "mg":
+        out["breast_intensity"] = two_sample.breast_intensity_distance(real, candidates)
     return out

@@ -16,6 +16,7 @@ deterministic and runs on the CPU.
   says *which kind* of difference exists and is hard to overfit.
 - :func:`spectrum_bands` / :func:`spectrum_band_ratios`: mean power per radial frequency band.
 - :func:`tissue_hu_medians`: median HU of lung, fat, soft tissue and bone inside the body (CT).
+- :func:`breast_intensity_distance`: distance between the breast-area intensity histograms (MG).
 
 Cross-validated out-of-fold scores of different folds' models are pooled into one AUC (as asked
 for a single number per comparison); fold models differ slightly in calibration, which can only
@@ -455,6 +456,31 @@ def spectrum_band_ratios(real, other, bands: dict[str, tuple[float, float]] | No
     > 1 in "high" = more fine texture/noise than real, < 1 = smoother than real)."""
     pr, po = spectrum_bands(real, bands), spectrum_bands(other, bands)
     return {k: (po[k] / pr[k] if pr[k] > 0 else (1.0 if po[k] == 0 else math.inf)) for k in pr}
+
+
+# --------------------------------------------------------------------------- MG breast intensities
+def breast_intensities(images_model_space) -> np.ndarray:
+    """Every breast pixel of a set of mammograms (model space), in [0, 1]; each image's breast from
+    :func:`mcfast.io.mammo.breast_mask`, the mask the framing and the lesion placement use."""
+    from mcfast.io.mammo import breast_mask
+
+    x = _as_images(images_model_space, "images")
+    values = [((img + 1.0) / 2.0)[breast_mask(img)] for img in x]
+    return np.concatenate(values) if values else np.zeros(0, np.float32)
+
+
+def breast_intensity_distance(real, other, n_bins: int = 256) -> dict:
+    """1-Wasserstein distance between the pooled breast-area intensity distributions ([0, 1] units:
+    the mean shift in brightness it would take to turn one into the other), from ``n_bins``-bin
+    histograms, plus both medians. Background padding is left out: it is the same by construction."""
+    a, b = breast_intensities(real), breast_intensities(other)
+    if a.size == 0 or b.size == 0:
+        raise InputError("breast_intensity_distance: a set has no breast pixels")
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    cdf_a = np.cumsum(np.histogram(np.clip(a, 0, 1), edges)[0]) / a.size
+    cdf_b = np.cumsum(np.histogram(np.clip(b, 0, 1), edges)[0]) / b.size
+    return {"wasserstein": float(np.abs(cdf_a - cdf_b).sum() / n_bins),
+            "median_real": float(np.median(a)), "median_other": float(np.median(b))}
 
 
 # --------------------------------------------------------------------------- CT tissue HU

@@ -21,6 +21,11 @@ MIAS_CLASSES = {"CALC": "calcification", "CIRC": "circumscribed mass", "SPIC": "
                 "NORM": "normal"}
 MIAS_TISSUE = {"F": "fatty", "G": "fatty-glandular", "D": "dense-glandular"}
 MIAS_SEVERITY = {"B": "benign", "M": "malignant"}
+# The classes that are masses: a lesion with its own extent, denser than the tissue around it. ASYM
+# (asymmetric density) and ARCH (architectural distortion) have a centre but no distinct mass, and CALC
+# marks calcifications: equalised, such a patch spans the whole grey range without a bright core, and
+# pasted as a "mass" it looked like a dark hole (issue 13). Pathology patches are drawn from these only.
+MIAS_MASS_CLASSES = ("CIRC", "SPIC", "MISC")
 
 
 # --------------------------------------------------------------------------- MIAS
@@ -132,6 +137,59 @@ def read_mias_info(path: str | os.PathLike, image_height: int = MIAS_SIZE, image
     if not records:
         raise InputError(f"{path}: no MIAS lines (mdbNNN ...) found")
     return records
+
+
+def mias_masses(record: MiasRecord) -> list[MiasAbnormality]:
+    """The abnormalities of ``record`` that are masses (:data:`MIAS_MASS_CLASSES`) with a centre and radius."""
+    return [ab for ab in record.abnormalities
+            if ab.cls in MIAS_MASS_CLASSES and ab.has_center and ab.radius is not None]
+
+
+@dataclass
+class PreparedMiasFilm:
+    """One item of a prepared MIAS folder: its ``index`` in the manifest, the manifest ``item`` (file,
+    source, transform, patient), the ``film`` it was made from and that film's Info.txt ``record``."""
+
+    index: int
+    item: dict
+    film: Path
+    record: MiasRecord
+
+
+def _film_path(folder: Path, item: dict, k: int) -> Path:
+    source = item.get("source")
+    if not isinstance(source, str) or not source:
+        raise InputError(f"{folder}/manifest.json: item {k} has no source film")
+    film = Path(source)
+    return film if film.is_absolute() else folder / film
+
+
+def read_prepared_mias(folder: str | os.PathLike) -> list[PreparedMiasFilm]:
+    """The films of a prepared MIAS folder (``manifest.json`` from ``mcfast prepare`` / prepare_real.py)
+    with their Info.txt records.
+
+    A film ``.../mias/images/mdbNNN.png`` is annotated in ``.../mias/Info.txt``: the parent of the folder
+    holding the films. Only the films listed are returned, so a training split yields only the training
+    women's lesions.
+    """
+    from mcfast.io.datasets import read_manifest
+
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    infos: dict[Path, dict[str, MiasRecord]] = {}
+    films = []
+    for k, item in enumerate(manifest["items"]):
+        film = _film_path(folder, item, k)
+        info = film.parent.parent / "Info.txt"
+        if info not in infos:
+            if not info.is_file():
+                raise InputError(f"{folder}/manifest.json: item {k} ({film}): no MIAS Info.txt at {info}")
+            infos[info] = read_mias_info(info)
+        record = infos[info].get(film.stem)
+        if record is None:
+            raise InputError(f"{info}: no line for {film.stem} (item {k} of {folder}/manifest.json)")
+        films.append(PreparedMiasFilm(k, item, film, record))
+    return films
 
 
 # --------------------------------------------------------------------------- VOC

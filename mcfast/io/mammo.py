@@ -246,3 +246,18 @@ def prepare_mammogram(img: np.ndarray, size: int | tuple[int, int] = 256, side: 
     out, t_resize = resize_keep_aspect(flipped, size, pad_value=0.0, align=side)
     t = t.then(t_resize)
     return np.clip(out, 0.0, 1.0), t, t.apply_to_mask(mask.astype(np.uint8)).astype(bool)
+
+
+def frame_model_images(images: np.ndarray, masks: np.ndarray | None = None, side: str = "left"
+                       ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Mammograms in model space (N, H, W) (and their lesion masks) through :func:`prepare_mammogram`
+    at their own size: the one framing every real film went through, applied to synthetic images before
+    they are compared with films, so whatever a model put outside the breast becomes background as the
+    films' labels did. An image that is already framed comes back nearly unchanged."""
+    framed, framed_masks = [], []
+    for k, img in enumerate(np.asarray(images, dtype=np.float32)):
+        out, transform, _ = prepare_mammogram((img + 1.0) / 2.0, img.shape[-2:], side=side)
+        framed.append(2.0 * out - 1.0)
+        if masks is not None:
+            framed_masks.append(transform.apply_to_mask(np.asarray(masks[k]).astype(np.uint8)).astype(bool))
+    return np.stack(framed).astype(np.float32), (np.stack(framed_masks) if masks is not None else None)

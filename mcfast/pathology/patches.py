@@ -91,6 +91,9 @@ def extract_mias_patch(image: np.ndarray, x: float, y: float, radius: float, *, 
     The y origin of MIAS is the bottom-left corner, so the centre row is ``H - 1 - y``. The patch is
     the square of half-size ``ceil(margin * radius)`` around the centre (clipped at the image edge);
     its mask is the disc of ``radius``. ``meta`` holds the crop offset (row0, col0) in the image.
+    A patch that is to be histogram-equalised wants a wider margin: with little surround the mass does not
+    take the top ranks and comes out no brighter than its edge (synthesis uses
+    ``mcfast.synthesis.sources.MIAS_PATCH_MARGIN``, where the measurement is).
     """
     img = _image2d(image, source)
     h, w = img.shape

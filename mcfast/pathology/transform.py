@@ -39,6 +39,11 @@ def equalize01(image: np.ndarray, nbins: int = 256) -> np.ndarray:
     return ((eq - lo) / (hi - lo) if hi > lo else np.zeros_like(eq)).astype(np.float32)
 
 
+def draw_q(rng: np.random.Generator, q_range: tuple[float, float] = Q_RANGE) -> float:
+    """The upper quantile of the mammography rescale, ``q ~ U(q_range)``."""
+    return float(rng.uniform(*q_range))
+
+
 def reference_range(reference: np.ndarray, q: float, reference_mask: np.ndarray | None = None
                     ) -> tuple[float, float]:
     """``(min(reference), quantile(reference, q))`` over the pixels of ``reference_mask`` (all when None)."""
@@ -97,7 +102,7 @@ def mammo_transform(patch: Patch, reference: np.ndarray, rng: np.random.Generato
     if patch.kind != "mg":
         raise InputError(f"patch {patch.source!r}: mammography transform needs an 'mg' patch, got {patch.kind!r}")
     if q is None:
-        q = float(rng.uniform(*q_range))
+        q = draw_q(rng, q_range)
     matched = match_to_reference(patch.image, reference, q, equalize=equalize, reference_mask=reference_mask)
     lo, hi = reference_range(reference, q, reference_mask)
     if falloff:

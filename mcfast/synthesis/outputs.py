@@ -15,6 +15,8 @@ from mcfast.io.windows import WINDOWS
 from mcfast.synthesis.plan import ItemPlan, from_model
 
 META = "meta.json"
+# Lesion provenance (PlacedLesion.meta) that COCO annotations carry as attributes: COCO key ← meta key.
+COCO_LESION_ATTRIBUTES = {"class": "mias_class", "severity": "mias_severity", "ref": "mias_ref"}
 CT_WINDOWS = ("lung", "soft_tissue", "bone")
 
 
@@ -136,6 +138,13 @@ def write_item(out: Path, plan: ItemPlan, image_model: np.ndarray, modality: str
     return meta
 
 
+def _coco_attributes(lesion: dict) -> dict:
+    """A lesion's COCO attributes: its source and, when known, the source lesion's class, severity and ref."""
+    meta = lesion.get("meta", {})
+    return {"source": lesion["source"],
+            **{key: meta[m] for key, m in COCO_LESION_ATTRIBUTES.items() if meta.get(m) not in (None, "")}}
+
+
 def write_coco(out: Path, n: int, modality: str) -> Path:
     """Build ``coco.json`` for items 0..n-1 from their meta.json and labels (all ranks' items together)."""
     from mcfast.io.coco import CocoWriter
@@ -151,6 +160,6 @@ def write_coco(out: Path, n: int, modality: str) -> Path:
         for lesion in meta["lesions"]:
             coco.add_category(lesion["category"])
             mask = (labels == lesion["label"]).astype(np.uint8) if labels is not None else None
-            coco.add_annotation(image_id, mask, lesion["category"], attributes={"source": lesion["source"]},
+            coco.add_annotation(image_id, mask, lesion["category"], attributes=_coco_attributes(lesion),
                                 bbox=None if mask is not None else lesion["bbox"])
     return coco.save(out / "coco.json")

@@ -13,7 +13,7 @@ from scipy import ndimage
 
 from mcfast.errors import InputError
 from mcfast.guidance.conditions import Condition
-from mcfast.synthesis.recipe import Recipe
+from mcfast.synthesis.recipe import MATCH_REGIONS, Recipe
 from mcfast.synthesis.sources import Anatomy, load_anatomy, load_patch
 
 
@@ -101,29 +101,63 @@ def blend_alpha(lesion_mask: np.ndarray, sigma_frac: float = 0.5) -> np.ndarray:
     return np.maximum(gaussian_falloff(lesion_mask.shape, sigma_frac), soft).astype(np.float32)
 
 
+def matching_region(tissue: np.ndarray, patch_box: tuple[int, int, int, int], region: str) -> np.ndarray:
+    """The pixels a placed MG patch's intensities are matched to: the whole ``tissue`` mask ("breast"),
+    or the tissue under the placed patch square ``patch_box`` (x, y, w, h) ("local").
+
+    Why the square itself and no wider window: the MIAS patch spans 2.5 lesion radii each way
+    (sources.MIAS_PATCH_MARGIN), so the square already holds the lesion's surround. A window grown by one
+    patch side on each side takes in fat at the skin line and dense tissue or pectoral muscle away from
+    the lesion; the range [min, quantile q] then spans 0.6-0.9 of [0, 1] and the spot the lesion lands on
+    often sits in its top decile, above the equalised mass. Measured on 200 planned 512² items (see
+    MIAS_PATCH_MARGIN; margin 1.25): masses darker than their surround 42 % with the grown window, 21 %
+    with the square; at margin 2 (100 items) 14 % against 5 %.
+    """
+    tissue = np.asarray(tissue, dtype=bool)
+    if region == "breast":
+        return tissue
+    if region != "local":
+        raise InputError(f"match_region {region!r} is not one of {', '.join(MATCH_REGIONS)}")
+    x, y, w, h = patch_box
+    window = np.zeros_like(tissue)
+    window[y:y + h, x:x + w] = True
+    return window & tissue
+
+
 def _place_one(recipe: Recipe, spec, anatomy: Anatomy, free: np.ndarray, rng: np.random.Generator, side: int,
                what: str) -> tuple[PlacedLesion, np.ndarray, np.ndarray]:
-    """Draw, match and place one lesion: (lesion, its square patch in model space, its blend opacity)."""
+    """Draw, place and match one lesion: (lesion, its square patch in model space, its blend opacity).
+
+    The item's draws come in this order: the patch, its augmentation, (MG) the quantile q, the position.
+    An MG patch is placed before it is matched, since placement depends only on its lesion mask and the
+    tissue, and "local" matching needs to know where the lesion went; q is drawn before the position
+    all the same, so "breast" matching gives exactly the items it gave when matching came first.
+    """
     from mcfast.pathology.placement import place_patch
-    from mcfast.pathology.transform import prepare_patch
+    from mcfast.pathology.transform import augment, draw_q, mammo_transform, prepare_patch
 
     modality = recipe.modality
     patch = load_patch(modality, spec.source, spec.path, rng, side)
     if modality == "mg":
-        # Equalise + rescale to [min(ref), quantile(ref, q)]; the Gaussian fall-off is applied below as
-        # a blend toward the anatomy rather than toward min(ref), so no dark square frames the lesion.
-        patch = prepare_patch(patch, rng, reference=anatomy.values, reference_mask=anatomy.tissue, falloff=False)
+        patch = augment(patch, rng)
+        q = draw_q(rng)
     else:
         patch = prepare_patch(patch, rng)
     try:
         placed = place_patch(anatomy.values.shape, free, patch, rng, min_overlap=spec.min_overlap, fill=np.nan)
     except InputError as exc:
         raise InputError(f"{recipe.source}: {what}: {exc}") from None
-    square = np.isfinite(placed.canvas)
-    rows, cols = np.nonzero(square)
+    rows, cols = np.nonzero(np.isfinite(placed.canvas))
     y, x = int(rows.min()), int(cols.min())
-    h, w = int(rows.max()) - y + 1, int(cols.max()) - x + 1
-    patch_model = to_model(modality, placed.canvas[y:y + h, x:x + w])
+    h, w = patch.shape
+    if modality == "mg":
+        # Equalise + rescale to [min(region), quantile(region, q)]; the Gaussian fall-off is applied as a
+        # blend toward the anatomy (blend_alpha) rather than toward min(region), so no dark square frames
+        # the lesion.
+        region = matching_region(anatomy.tissue, (x, y, w, h), spec.match_region)
+        patch = mammo_transform(patch, anatomy.values, rng, q=q, reference_mask=region, falloff=False)
+        patch.meta["match_region"] = spec.match_region
+    patch_model = to_model(modality, patch.image)
     meta = {k: v for k, v in patch.meta.items()
             if isinstance(v, (int, float, str, bool, list, tuple, np.generic)) or v is None}
     lesion = PlacedLesion(placed.mask.astype(np.uint8), tuple(int(v) for v in placed.box), (x, y, w, h),

@@ -19,6 +19,9 @@ ANATOMY_SOURCES = ("phantom", "file", "folder", "prepared")
 PATHOLOGY_SOURCES = ("synthetic", "msd", "voc", "mias", "file")
 FILTERS = ("box", "bicubic")
 BACKENDS = ("auto", "reference", "fused")
+# Which pixels an MG patch's intensities are matched to: the whole breast tissue mask, or the tissue in
+# a window around where the lesion was placed (see mcfast.synthesis.plan.matching_region).
+MATCH_REGIONS = ("breast", "local")
 T_MAX = 1000
 
 
@@ -55,6 +58,7 @@ class PathologySpec:
     sigma_scale: float = 0.5
     min_overlap: float = 0.9
     category: str = "nodule"
+    match_region: str = "breast"  # MG only: "breast" (whole tissue mask) or "local" (tissue around the lesion)
 
 
 @dataclass
@@ -169,6 +173,10 @@ def validate(recipe: Recipe) -> Recipe:
             raise InputError(f"{where}: {key}.min_overlap must lie in (0, 1], got {p.min_overlap}")
         if p.sigma_scale <= 0:
             raise InputError(f"{where}: {key}.sigma_scale must be > 0, got {p.sigma_scale}")
+        _check_choice(p.match_region, MATCH_REGIONS, f"{key}.match_region", where)
+        if recipe.modality != "mg" and p.match_region != "breast":
+            raise InputError(f"{where}: {key}.match_region = {p.match_region!r} applies to modality 'mg' only "
+                             f"(CT patches keep their HU)")
     return recipe
 
 

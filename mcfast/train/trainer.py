@@ -29,11 +29,12 @@ from mcfast.diffusion.samplers import sample
 from mcfast.errors import CheckpointError, InputError
 from mcfast.train import checkpoint as ckpt
 from mcfast.train.ddp import DistInfo, all_gather_cat, barrier, current_dist_info
-from mcfast.train.crops import apply_crops, draw_crop_boxes
+from mcfast.train.crops import apply_crops, draw_crop_boxes, pick_foreground_boxes
 from mcfast.train.timesteps import create_timestep_sampler
 
 LOG_FILE = "log.jsonl"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+CROP_CANDIDATES = 8  # crop positions drawn per item when a least foreground share is asked for
 
 
 @dataclass
@@ -57,6 +58,8 @@ class TrainConfig:
     num_workers: int = 0
     channels_last: bool = False
     crop_size: int = 0             # train on random crops of this size (0: whole images)
+    crop_flip: bool = True         # left-right flip crops at random
+    crop_foreground: float = 0.0   # least foreground share of a crop (best of CROP_CANDIDATES draws; 0: off)
     min_snr_gamma: float = 0.0     # Min-SNR-γ weighting of the ε-MSE (0: off, the improved-DDPM objective)
 
     @classmethod
@@ -283,8 +286,13 @@ class Trainer:
         local = B // self.info.world_size
         sl = slice(self.info.rank * local, (self.info.rank + 1) * local)
         if self.config.crop_size:
-            boxes = draw_crop_boxes(B, tuple(x0_local.shape[-2:]), self.config.crop_size, self.generator)
-            x0_local = apply_crops(x0_local, boxes[sl], self.config.crop_size)
+            c = self.config
+            candidates = CROP_CANDIDATES if c.crop_foreground > 0 else 1
+            boxes = draw_crop_boxes(B, tuple(x0_local.shape[-2:]), c.crop_size, self.generator,
+                                    candidates=candidates, flip=c.crop_flip)[sl]
+            if candidates > 1:
+                boxes = pick_foreground_boxes(x0_local, boxes, c.crop_size, c.crop_foreground)
+            x0_local = apply_crops(x0_local, boxes, c.crop_size)
         t_all, w_all = self.timestep_sampler.sample(B, self.generator)
         noise_all = torch.randn((B,) + tuple(x0_local.shape[1:]), generator=self.generator)
         x0 = x0_local.to(self.device, non_blocking=True)

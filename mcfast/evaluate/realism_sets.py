@@ -1,0 +1,204 @@
+"""The parts every realism report shares: the prepared real splits, the synthetic sets it makes from
+recipes, and the bits of Markdown it writes into README / model card blocks.
+
+A report (``scripts/realism_ct.py``, ``scripts/realism_mg.py``) names its sets in a TOML config: recipes
+written for 512² scaled to each size, optionally a sweep of step counts. Sets are synthesized into an
+output folder (a re-run resumes them) and scored by :func:`mcfast.evaluate.realism_suite.compare`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+import tomllib
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mcfast.io.datasets import read_manifest
+from mcfast.io.images import read_npy
+from mcfast.synthesis.recipe import load_recipe, validate
+
+RECIPE_SIZE = 512  # the size the report recipes are written for
+
+
+def load_split(folder: Path) -> tuple[np.ndarray, list[str], list[str]]:
+    """(images (N, H, W) model space, patient / woman per image, file name per image) of a prepared split."""
+    manifest = read_manifest(folder)
+    images = np.stack([read_npy(folder / it["file"]) for it in manifest["items"]])
+    return images, [it["patient"] for it in manifest["items"]], [it["file"] for it in manifest["items"]]
+
+
+def resize_area(images: np.ndarray, size: int) -> np.ndarray:
+    """Anti-aliased (area) downsampling, the same for every real set."""
+    if images.shape[-1] == size:
+        return images
+    t = torch.from_numpy(np.ascontiguousarray(images))[:, None]
+    return F.interpolate(t, size=(size, size), mode="area")[:, 0].numpy()
+
+
+def floor_subset(patients: list[str], n: int, seed: int) -> list[int]:
+    """n training images, as many patients as possible (one image each, in a seeded order)."""
+    rng = np.random.default_rng(seed)
+    by_patient: dict[str, list[int]] = {}
+    for i, p in enumerate(patients):
+        by_patient.setdefault(p, []).append(i)
+    order = [by_patient[p] for p in rng.permutation(sorted(by_patient))]
+    picked: list[int] = []
+    while len(picked) < min(n, len(patients)):
+        for idx in order:
+            left = [i for i in idx if i not in picked]
+            if left and len(picked) < n:
+                picked.append(int(rng.choice(left)))
+    return picked
+
+
+def scaled_recipe(path: Path, size: int, steps: str | None = None):
+    """A 512² recipe at ``size``: ILVR factors and lesion sizes scale with the image."""
+    r = load_recipe(path)
+    scale = size / RECIPE_SIZE
+    r.image_size = size
+    r.anatomy.factor = max(1, int(round(r.anatomy.factor * scale)))
+    for p in r.pathology:
+        p.factor = max(1, int(round(p.factor * scale)))
+        p.size = (max(4, int(round(p.size[0] * scale))), max(4, int(round(p.size[1] * scale))))
+    if steps is not None:
+        r.sampler.steps = steps
+    return validate(r)
+
+
+def synthetic_sets(cfg: dict) -> dict[str, tuple]:
+    """name -> (recipe path, size, steps or None) from a report config's [synthesis] table."""
+    syn = cfg["synthesis"]
+    sets = {f"{name}_{size}": (path, size, None) for size in syn["sizes"] for name, path in syn["recipes"].items()}
+    sweep = syn.get("step_sweep")
+    if sweep:
+        for steps in sweep["steps"]:
+            sets[f"{sweep['recipe']}_{sweep['size']}_steps{steps}"] = (syn["recipes"][sweep["recipe"]],
+                                                                       sweep["size"], steps)
+    return sets
+
+
+def downsampled_sets(cfg: dict) -> dict[str, tuple[str, int]]:
+    """name -> (source set, size): with ``[synthesis] downsample_from = S``, every recipe's S² set
+    area-downsampled to each smaller size, the way the real sets at that size are made from S² scans
+    (a model trained on crops of S² images has learned texture at S²'s pixel size, not at the smaller one's)."""
+    syn = cfg["synthesis"]
+    src = syn.get("downsample_from")
+    if not src:
+        return {}
+    return {f"{name}_{src}to{size}": (f"{name}_{src}", size)
+            for size in syn["sizes"] if size < src for name in syn["recipes"]}
+
+
+def resize_masks(masks: np.ndarray, size: int) -> np.ndarray:
+    """Lesion masks (N, H, W) at another size: a pixel is lesion when at least half of its area is."""
+    return resize_area(masks.astype(np.float32), size) >= 0.5
+
+
+def generate(name: str, spec: tuple, cfg: dict, out: Path, base: Path) -> Path:
+    """Synthesize (or finish) set ``name`` into ``out/name``; records seconds per image in timing.json."""
+    from mcfast.synthesis.pipeline import synthesize
+
+    path, size, steps = spec
+    recipe = scaled_recipe(base / path, size, steps)
+    folder = out / name
+    started = time.perf_counter()
+    result = synthesize(base / cfg["data"]["checkpoint"], recipe, cfg["synthesis"]["n"], folder,
+                        precision=cfg["synthesis"]["precision"], progress=True, channels_last=True)
+    if result.written:
+        seconds = (time.perf_counter() - started) / result.written
+        timing = {"seconds_per_image": round(seconds, 2), "threads": torch.get_num_threads(),
+                  "images_timed": result.written}
+        (folder / "timing.json").write_text(json.dumps(timing))
+    return folder
+
+
+def load_synthetic(folder: Path, n: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(images (n, H, W) model space, lesion masks (n, H, W) bool, anatomy source per image) of a set."""
+    items = sorted(p for p in folder.iterdir() if p.is_dir() and (p / "image.npy").is_file())[:n]
+    images = np.stack([np.load(p / "image.npy") for p in items]).astype(np.float32)
+    masks = np.stack([np.load(p / "labels.npy") > 0 for p in items])
+    anatomy = [json.loads((p / "meta.json").read_text())["anatomy"] for p in items]
+    return images, masks, anatomy
+
+
+def anatomy_groups(anatomy: list[str], train_files: list[str], train_patients: list[str]) -> list[str]:
+    """A synthetic image guided by a real training image belongs to that image's patient (fold grouping);
+    one guided by a phantom is its own group."""
+    patient_of = {f: p for f, p in zip(train_files, train_patients)}
+    return [patient_of.get(Path(a).name, a) for a in anatomy]
+
+
+def seconds_per_image(folder: Path) -> float | None:
+    timing = folder / "timing.json"
+    return json.loads(timing.read_text())["seconds_per_image"] if timing.is_file() else None
+
+
+def machine_line(info: dict) -> str:
+    cpu = info.get("cpu_model") or info["processor"]
+    return (f"{info['cpu_count']} CPU cores ({cpu}), no GPU" if not info["cuda"] else "GPU") + \
+        f", torch {info['torch']}, {info['torch_threads']} thread(s) in the scoring pass"
+
+
+def fmt_auc(d: dict) -> str:
+    return f"{d['auc']:.2f} [{d['auc_lo']:.2f}, {d['auc_hi']:.2f}]"
+
+
+def two_sample_targets(floor: dict, r: dict, anatomy: str) -> dict[str, bool]:
+    """The targets both reports share: AUCs within floor + 0.10 (real anatomy) / + 0.15 (phantom),
+    spectrum bands within ±20 %, at most 2 % of images with NCC above the audit threshold."""
+    margin = 0.10 if anatomy == "real" else 0.15
+    return {
+        f"patch-CNN AUC <= floor + {margin:.2f}": r["patch_cnn"]["auc"] <= floor["patch_cnn"]["auc"] + margin,
+        f"hand-feature AUC <= floor + {margin:.2f}": r["hand_features"]["auc"] <= floor["hand_features"]["auc"] + margin,
+        "spectrum mid/high within 20 %": all(0.8 <= r["spectrum_ratio"][b] <= 1.2 for b in ("mid", "high")),
+        f"<= 2 % NCC > {r['memorization']['threshold']}": r["memorization"]["rate_above_threshold"] <= 0.02,
+    }
+
+
+def replace_block(path: Path, begin: str, end: str, body: str) -> None:
+    """Rewrite the text between the ``begin`` and ``end`` markers of ``path`` (both must be there)."""
+    text = path.read_text()
+    if begin not in text or end not in text:
+        raise ValueError(f"{path}: markers {begin} ... {end} not found")
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    path.write_text(head + begin + body + end + tail)
+
+
+def report_arguments(doc: str, name: str, repo: Path) -> argparse.Namespace:
+    """The command line both report scripts take (``name``: "realism_ct" or "realism_mg")."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--config", type=Path, default=repo / "configs" / f"{name}.toml")
+    ap.add_argument("--out", type=Path, default=repo / "out" / name, help="synthetic sets (kept, resumed)")
+    ap.add_argument("--results", type=Path, default=repo / "docs" / "results")
+    ap.add_argument("--generate-only", default=None, metavar="SET", help="only synthesize this set and stop")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--report-only", action="store_true",
+                    help="rewrite the Markdown, the model card and the README block from the existing JSON")
+    return ap.parse_args()
+
+
+def start_report(args: argparse.Namespace, name: str, repo: Path,
+                 rewrite: Callable[[dict, Path], None]) -> tuple[dict, dict] | None:
+    """Handle --report-only (``rewrite(results, results folder)`` the documents from the saved JSON) and --generate-only (make one
+    set); otherwise return (config, synthetic sets) for the full report. Recipes name their data relative
+    to the repository, so the report runs there."""
+    if args.report_only:
+        rewrite(json.loads((args.results / f"{name}.json").read_text()), args.results)
+        return None
+    torch.set_num_threads(args.threads)
+    os.chdir(repo)
+    cfg = tomllib.loads(args.config.read_text())
+    sets = synthetic_sets(cfg)
+    if args.generate_only:
+        if args.generate_only not in sets:
+            raise SystemExit(f"unknown set {args.generate_only!r}; sets: {', '.join(sets)}")
+        generate(args.generate_only, sets[args.generate_only], cfg, args.out, repo)
+        return None
+    return cfg, sets
