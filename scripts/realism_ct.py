@@ -16,13 +16,10 @@ import numpy as np
 
 from mcfast.errors import InputError
 from mcfast.evaluate.classifier import machine_info
-from mcfast.evaluate.realism import train_feature_network
-from mcfast.evaluate.realism_sets import (anatomy_groups, downsampled_sets, floor_subset, fmt_auc, generate,
-                                          load_split, load_synthetic, machine_line, replace_block,
-                                          report_arguments, resize_area, resize_masks, seconds_per_image,
-                                          start_report, two_sample_targets)
-from mcfast.evaluate.realism_suite import SuiteSettings, compare, memorization
-from mcfast.synthesis.recipe import load_recipe
+from mcfast.evaluate.realism_sets import (anatomy_groups, feature_net_and_floor, fmt_auc, load_split, load_synthetic,
+                                          machine_line, record_set, replace_block, report_arguments, resize_area,
+                                          scored_set, sets_scored_at, start_report, two_sample_targets)
+from mcfast.evaluate.realism_suite import SuiteSettings, compare
 
 REPO = Path(__file__).resolve().parent.parent
 TISSUES = ("lung", "fat", "soft_tissue", "bone")
@@ -176,34 +173,18 @@ def main() -> None:
     for size in cfg["synthesis"]["sizes"]:
         print(f"[{size}] real sets and feature network", flush=True)
         train, val = resize_area(train512, size), resize_area(val512, size)
-        net = train_feature_network(train, epochs=10, seed=settings.seed)
-        pick = floor_subset(train_patients, n, settings.seed)
-        floor = compare(train[pick], val, train, net, settings, groups_candidates=[train_patients[i] for i in pick],
-                        groups_real=val_patients)
-        # Training slices against the training set score 1 by construction: the floor's audit is the
-        # validation slices (other patients) against the training set instead.
-        floor["memorization"] = memorization(val, train, settings)
+        net, floor = feature_net_and_floor(train, val, train_patients, val_patients, n, settings, "ct")
         real_hu = tissue_hu_medians(val)
         real_hu["range"] = {t: [float(np.nanmin(v)), float(np.nanmax(v))]
                             for t, v in real_hu["per_image_median_hu"].items()}
         block = {"floor": floor, "real_tissue_hu": real_hu, "synthetic": {}, "targets": {}}
-        todo = [(name, spec, name, None) for name, spec in sets.items() if spec[1] == size]
-        todo += [(name, sets[src], src, size) for name, (src, target) in downsampled_sets(cfg).items()
-                 if target == size]
-        for name, spec, made_as, downsample_to in todo:
+        for name, spec, made_as, downsample_to in sets_scored_at(size, sets, cfg):
             print(f"[{size}] {name}", flush=True)
-            folder = generate(made_as, spec, cfg, args.out, REPO)
-            images, masks, anatomy = load_synthetic(folder, n)
-            if downsample_to is not None:  # reduced like the real slices at this size
-                images, masks = resize_area(images, downsample_to), resize_masks(masks, downsample_to)
+            folder, images, masks, anatomy = scored_set(made_as, spec, downsample_to, cfg, args.out, REPO)
             groups = anatomy_groups(anatomy, train_files, train_patients)
             r = compare(images, val, train, net, settings, groups_candidates=groups, groups_real=val_patients,
                         masks=masks)
-            if seconds_per_image(folder) is not None:
-                r["seconds_per_image"] = seconds_per_image(folder)
-            r["recipe"], r["steps"] = spec[0], spec[2] or load_recipe(REPO / spec[0]).sampler.steps
-            r["sampled_at"] = spec[1]
-            block["synthetic"][name] = r
+            block["synthetic"][name] = record_set(r, folder, spec, REPO)
             if spec[2] is None:
                 block["targets"][name] = targets(floor, r, name.split("_")[0], real_hu)
         results["sizes"][str(size)] = block

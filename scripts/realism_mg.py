@@ -18,37 +18,30 @@ import numpy as np
 
 from mcfast.evaluate.classifier import machine_info
 from mcfast.evaluate.lesion_contrast import contrast_summary, lesion_contrast, mias_mass_masks
-from mcfast.evaluate.realism import train_feature_network
-from mcfast.evaluate.realism_sets import (anatomy_groups, downsampled_sets, floor_subset, fmt_auc, generate,
-                                          load_split, load_synthetic, machine_line, replace_block,
-                                          report_arguments, resize_area, resize_masks, seconds_per_image,
-                                          start_report, two_sample_targets)
-from mcfast.evaluate.realism_suite import SuiteSettings, compare, memorization
+from mcfast.evaluate.realism_sets import (anatomy_groups, feature_net_and_floor, fmt_auc, load_split, machine_line,
+                                          record_set, replace_block, report_arguments, resize_area, resize_masks,
+                                          scored_set, sets_scored_at, start_report, two_sample_targets)
+from mcfast.evaluate.realism_suite import SuiteSettings, compare
 from mcfast.io.mammo import breast_mask, frame_model_images
-from mcfast.synthesis.recipe import load_recipe
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS_NAME = "realism_mg"
 
 
-def real_mass_contrasts(folder: Path, images: np.ndarray, size: int) -> dict:
-    """Contrast of every MIAS mass of a prepared split, measured on the split's images at ``size``."""
-    values, classes = [], []
-    for mass in mias_mass_masks(folder):
-        img01 = (images[mass["index"]] + 1.0) / 2.0
-        mask = resize_masks(mass["mask"][None], size)[0]
-        values.append(lesion_contrast(img01, mask, tissue=breast_mask(img01)))
-        classes.append(mass["class"])
-    return {**contrast_summary(values), "values": [round(float(v), 4) for v in values], "classes": classes}
-
-
-def synthetic_mass_contrasts(images: np.ndarray, masks: np.ndarray) -> dict:
+def mass_contrasts(images: np.ndarray, masks: list[np.ndarray]) -> dict:
+    """Contrast of each mass (``masks[k]`` on ``images[k]``, model space) against its surround in the breast."""
     values = []
     for img, mask in zip(images, masks):
         img01 = (img + 1.0) / 2.0
         if mask.any():
             values.append(lesion_contrast(img01, mask, tissue=breast_mask(img01)))
     return {**contrast_summary(values), "values": [round(float(v), 4) for v in values]}
+
+
+def real_mass_contrasts(masses: list[dict], images: np.ndarray, size: int) -> dict:
+    """:func:`mass_contrasts` of the MIAS masses of a split (``mias_mass_masks``) on its images at ``size``."""
+    masks = [resize_masks(m["mask"][None], size)[0] for m in masses]
+    return {**mass_contrasts(images[[m["index"] for m in masses]], masks), "classes": [m["class"] for m in masses]}
 
 
 def _fmt_contrast(c: dict) -> str:
@@ -154,10 +147,10 @@ def write_figure(val: np.ndarray, val_masks: list[np.ndarray], sets: dict[str, t
     grid.save(path, optimize=True)
 
 
-def val_films_with_masses(folder: Path, images: np.ndarray, k: int) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Up to ``k`` validation films showing a mass (one mass outline each), for the figure."""
+def films_with_masses(masses: list[dict], images: np.ndarray, k: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Up to ``k`` films showing a mass (one mass outline each), for the figure."""
     picked, masks, seen = [], [], set()
-    for mass in mias_mass_masks(folder):
+    for mass in masses:
         if mass["index"] not in seen:
             seen.add(mass["index"])
             picked.append(mass["index"])
@@ -189,46 +182,32 @@ def main() -> None:
     results = {"config": cfg, "checkpoint": cfg["data"]["checkpoint"], "checkpoint_step": ckpt_config["step"],
                "machine": machine_info(), "n_train_films": len(train512), "n_val_films": len(val512),
                "n_val_women": len(set(val_women)), "sizes": {}}
+    masses = {split: mias_mass_masks(prepared / split) for split in ("train", "val")}
     for size in cfg["synthesis"]["sizes"]:
         print(f"[{size}] real sets and feature network", flush=True)
         train, val = resize_area(train512, size), resize_area(val512, size)
-        net = train_feature_network(train, epochs=10, seed=settings.seed)
-        pick = floor_subset(train_women, n, settings.seed)
-        floor = compare(train[pick], val, train, net, settings, modality="mg",
-                        groups_candidates=[train_women[i] for i in pick], groups_real=val_women)
-        # Training films against the training set score 1 by construction: the floor's audit is the
-        # validation films (other women) against the training set instead.
-        floor["memorization"] = memorization(val, train, settings)
+        net, floor = feature_net_and_floor(train, val, train_women, val_women, n, settings, "mg")
         block = {"floor": floor, "synthetic": {}, "targets": {},
-                 "real_mass_contrast": {"train": real_mass_contrasts(prepared / "train", train, size),
-                                        "val": real_mass_contrasts(prepared / "val", val, size)}}
+                 "real_mass_contrast": {"train": real_mass_contrasts(masses["train"], train, size),
+                                        "val": real_mass_contrasts(masses["val"], val, size)}}
         shown = {}
-        todo = [(name, spec, name, None) for name, spec in sets.items() if spec[1] == size]
-        todo += [(name, sets[src], src, size) for name, (src, target) in downsampled_sets(cfg).items()
-                 if target == size]
-        for name, spec, made_as, downsample_to in todo:
+        for name, spec, made_as, downsample_to in sets_scored_at(size, sets, cfg):
             print(f"[{size}] {name}", flush=True)
-            folder = generate(made_as, spec, cfg, args.out, REPO)
-            raw, raw_masks, anatomy = load_synthetic(folder, n)
-            images, masks = frame_model_images(raw, raw_masks)
-            if downsample_to is not None:  # framed at the sampled size, then reduced like the real films
-                images, masks = resize_area(images, downsample_to), resize_masks(masks, downsample_to)
+            # framed at the sampled size, then (downsampled sets) reduced like the real films
+            folder, images, masks, anatomy = scored_set(made_as, spec, downsample_to, cfg, args.out, REPO,
+                                                        prepare=frame_model_images)
             groups = anatomy_groups(anatomy, train_files, train_women)
             r = compare(images, val, train, net, settings, modality="mg", groups_candidates=groups,
                         groups_real=val_women, masks=masks)
-            r["mass_contrast"] = synthetic_mass_contrasts(images, masks)
-            if seconds_per_image(folder) is not None:
-                r["seconds_per_image"] = seconds_per_image(folder)
-            r["recipe"], r["steps"] = spec[0], spec[2] or load_recipe(REPO / spec[0]).sampler.steps
-            r["sampled_at"] = spec[1]
-            block["synthetic"][name] = r
+            r["mass_contrast"] = mass_contrasts(images, masks)
+            block["synthetic"][name] = record_set(r, folder, spec, REPO)
             if spec[2] is None:
                 block["targets"][name] = two_sample_targets(floor, r, name.split("_")[0])
                 if downsample_to is None:
                     shown[f"synthetic, {name.split('_')[0]} anatomy"] = (images, masks)
         results["sizes"][str(size)] = block
         if size == max(cfg["synthesis"]["sizes"]):
-            films, film_masks = val_films_with_masses(prepared / "val", val512, 3)
+            films, film_masks = films_with_masses(masses["val"], val512, 3)
             write_figure(films, film_masks, shown, REPO / "docs" / "img" / "mg_real_vs_synthetic.png")
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / f"{RESULTS_NAME}.json").write_text(json.dumps(results, indent=1, default=float) + "\n")

@@ -118,6 +118,54 @@ def generate(name: str, spec: tuple, cfg: dict, out: Path, base: Path) -> Path:
     return folder
 
 
+def sets_scored_at(size: int, sets: dict[str, tuple], cfg: dict) -> list[tuple[str, tuple, str, int | None]]:
+    """(name, spec, the set it is synthesized as, size to area-downsample to or None) of every set a
+    report scores at ``size``: the sets sampled at that size, then the :func:`downsampled_sets`."""
+    todo = [(name, spec, name, None) for name, spec in sets.items() if spec[1] == size]
+    todo += [(name, sets[src], src, size) for name, (src, target) in downsampled_sets(cfg).items() if target == size]
+    return todo
+
+
+def feature_net_and_floor(train: np.ndarray, val: np.ndarray, train_groups: list[str], val_groups: list[str],
+                          n: int, settings, modality: str):
+    """The feature network of one size and the real-vs-real floor: ``n`` training images (one per patient
+    first) against the validation set, scored by :func:`mcfast.evaluate.realism_suite.compare`."""
+    from mcfast.evaluate.realism import train_feature_network
+    from mcfast.evaluate.realism_suite import compare, memorization
+
+    net = train_feature_network(train, epochs=10, seed=settings.seed)
+    pick = floor_subset(train_groups, n, settings.seed)
+    floor = compare(train[pick], val, train, net, settings, modality=modality,
+                    groups_candidates=[train_groups[i] for i in pick], groups_real=val_groups)
+    # Training images against the training set score 1 by construction: the floor's audit is the
+    # validation images (other patients) against the training set instead.
+    floor["memorization"] = memorization(val, train, settings)
+    return net, floor
+
+
+def scored_set(made_as: str, spec: tuple, downsample_to: int | None, cfg: dict, out: Path, base: Path,
+               prepare: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None):
+    """(folder, images, lesion masks, anatomy sources) of one scored set: synthesized (or resumed), then
+    ``prepare``d at the sampled size (mammograms: the films' framing), then reduced like the real images
+    when ``downsample_to`` is given."""
+    folder = generate(made_as, spec, cfg, out, base)
+    images, masks, anatomy = load_synthetic(folder, cfg["synthesis"]["n"])
+    if prepare is not None:
+        images, masks = prepare(images, masks)
+    if downsample_to is not None:
+        images, masks = resize_area(images, downsample_to), resize_masks(masks, downsample_to)
+    return folder, images, masks, anatomy
+
+
+def record_set(r: dict, folder: Path, spec: tuple, base: Path) -> dict:
+    """Add to a set's scores how it was made: seconds per image, recipe, steps, the size it was sampled at."""
+    if seconds_per_image(folder) is not None:
+        r["seconds_per_image"] = seconds_per_image(folder)
+    r["recipe"], r["steps"] = spec[0], spec[2] or load_recipe(base / spec[0]).sampler.steps
+    r["sampled_at"] = spec[1]
+    return r
+
+
 def load_synthetic(folder: Path, n: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """(images (n, H, W) model space, lesion masks (n, H, W) bool, anatomy source per image) of a set."""
     items = sorted(p for p in folder.iterdir() if p.is_dir() and (p / "image.npy").is_file())[:n]
@@ -186,9 +234,9 @@ def report_arguments(doc: str, name: str, repo: Path) -> argparse.Namespace:
 
 def start_report(args: argparse.Namespace, name: str, repo: Path,
                  rewrite: Callable[[dict, Path], None]) -> tuple[dict, dict] | None:
-    """Handle --report-only (``rewrite(results, results folder)`` the documents from the saved JSON) and --generate-only (make one
-    set); otherwise return (config, synthetic sets) for the full report. Recipes name their data relative
-    to the repository, so the report runs there."""
+    """Handle --report-only (``rewrite(results, results folder)`` the documents from the saved JSON) and
+    --generate-only (make one set); otherwise return (config, synthetic sets) for the full report.
+    Recipes name their data relative to the repository, so the report runs there."""
     if args.report_only:
         rewrite(json.loads((args.results / f"{name}.json").read_text()), args.results)
         return None
