@@ -18,6 +18,14 @@ TORCH_LIBRARY(mcfast, m) {
   m.def("philox_normal_(Tensor(a!) out, int seed, int offset, int stream, int start) -> ()");
   // Raw Philox4x32-10 words: `out` int32 of shape (G, 4) gets the words of groups start .. start+G−1.
   m.def("philox_bits_(Tensor(a!) out, int seed, int offset, int stream, int start) -> ()");
+  // The U-Net's norm + scale-shift + activation in one pass (ResBlock, inference): per (image b, group g) the
+  // float32 moments μ, σ² over C/groups channels × H × W, then
+  //   y = act(((x − μ)/sqrt(σ² + eps)·weight_c + bias_c)·(1 + scale_bc) + shift_bc), act = SiLU or identity,
+  // rounded to x's dtype once. x (B, C, H, W) float32 / bfloat16 (and float16 on CUDA), contiguous or
+  // channels_last (y has x's dtype and memory format); weight, bias (C,) float32; scale, shift (B, C), any
+  // float dtype, or None.
+  m.def("group_norm_silu(Tensor x, Tensor weight, Tensor bias, Tensor? scale, Tensor? shift, int groups, "
+        "float eps, bool apply_silu) -> Tensor");
 }
 
 #ifdef MCFAST_PYTHON_MODULE

@@ -18,7 +18,8 @@ from mcfast.errors import InputError
 from mcfast.evaluate.classifier import machine_info
 from mcfast.evaluate.realism_sets import (anatomy_groups, feature_net_and_floor, fmt_auc, load_split, load_synthetic,
                                           machine_line, record_set, replace_block, report_arguments, resize_area,
-                                          scored_set, sets_scored_at, start_report, two_sample_targets)
+                                          save_results, scored_set, sets_scored_at, start_report,
+                                          two_sample_targets)
 from mcfast.evaluate.realism_suite import SuiteSettings, compare
 
 REPO = Path(__file__).resolve().parent.parent
@@ -193,9 +194,7 @@ def main() -> None:
                      for name, spec in sets.items() if spec[1] == size and spec[2] is None}
             write_figure(val[chest_slices_of_distinct_patients(val, val_patients, 2)], shown,
                          REPO / "docs" / "img" / "ct_real_vs_synthetic.png")
-    args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / "realism_ct.json").write_text(json.dumps(results, indent=1, default=float) + "\n")
-    rewrite_documents(results, args.results)
+    save_results(args, "realism_ct", results, rewrite_documents)
     print(f"wrote {args.results / 'realism_ct.md'}")
 
 

@@ -20,7 +20,8 @@ from mcfast.evaluate.classifier import machine_info
 from mcfast.evaluate.lesion_contrast import contrast_summary, lesion_contrast, mias_mass_masks
 from mcfast.evaluate.realism_sets import (anatomy_groups, feature_net_and_floor, fmt_auc, load_split, machine_line,
                                           record_set, replace_block, report_arguments, resize_area, resize_masks,
-                                          scored_set, sets_scored_at, start_report, two_sample_targets)
+                                          save_results, scored_set, sets_scored_at, start_report,
+                                          two_sample_targets)
 from mcfast.evaluate.realism_suite import SuiteSettings, compare
 from mcfast.io.mammo import breast_mask, frame_model_images
 
@@ -209,9 +210,7 @@ def main() -> None:
         if size == max(cfg["synthesis"]["sizes"]):
             films, film_masks = films_with_masses(masses["val"], val512, 3)
             write_figure(films, film_masks, shown, REPO / "docs" / "img" / "mg_real_vs_synthetic.png")
-    args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / f"{RESULTS_NAME}.json").write_text(json.dumps(results, indent=1, default=float) + "\n")
-    rewrite_documents(results, args.results)
+    save_results(args, RESULTS_NAME, results, rewrite_documents)
     print(f"wrote {args.results / f'{RESULTS_NAME}.md'}")
 
 

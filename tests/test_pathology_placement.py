@@ -99,3 +99,16 @@ def test_place_patch_at_fill_value():
     pl = place_patch_at((8, 8), patch, (2, 4), fill=-1000.0)
     assert pl.canvas[0, 0] == -1000.0 and pl.canvas[2, 4] == 5.0
     assert pl.box == (4, 2, 3, 3) and pl.center == (5.0, 3.0)
+
+
+@pytest.mark.parametrize("image_shape, kernel_shape", [((64, 64), (5, 7)), ((31, 40), (31, 1)), ((20, 20), (1, 1))])
+def test_valid_correlation_matches_scipy_signal(image_shape, kernel_shape):
+    from scipy.signal import fftconvolve
+
+    from mcfast.pathology.placement import valid_correlation
+    rng = np.random.default_rng(0)
+    image = (rng.random(image_shape) > 0.5).astype(float)
+    kernel = (rng.random(kernel_shape) > 0.3).astype(float)
+    expected = fftconvolve(image, kernel[::-1, ::-1], mode="valid")
+    got = valid_correlation(image, kernel)
+    assert got.shape == expected.shape and np.abs(got - expected).max() < 1e-9

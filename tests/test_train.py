@@ -153,6 +153,13 @@ def test_cli_train_resume_and_deterministic_sample(tmp_path):
                      "--sampler", "ddim", "--seed", 7, "--no-progress"]) == 0
     a, b = np.load(tmp_path / "a" / "samples.npy"), np.load(tmp_path / "b" / "samples.npy")
     assert a.shape == (3, 1, 16, 16) and np.array_equal(a, b)
+    # Image k depends on the seed and k only, not on the batch it was sampled in.
+    assert _cli(["sample", "--ckpt", run, "--out", tmp_path / "c", "--n", 3, "--steps", 5, "--batch-size", 3,
+                 "--sampler", "ddim", "--eta", 0.5, "--seed", 7, "--no-progress"]) == 0
+    assert _cli(["sample", "--ckpt", run, "--out", tmp_path / "d", "--n", 3, "--steps", 5, "--batch-size", 1,
+                 "--sampler", "ddim", "--eta", 0.5, "--seed", 7, "--no-progress"]) == 0
+    c, d = np.load(tmp_path / "c" / "samples.npy"), np.load(tmp_path / "d" / "samples.npy")
+    assert np.abs(c - d).max() < 1e-3 and np.abs(c[0] - c[1]).max() > 1e-2
     assert np.asarray(Image.open(tmp_path / "a" / "sample_0002.png")).shape == (16, 16)
     with pytest.raises(InputError, match="already holds samples"):
         _cli(["sample", "--ckpt", run, "--out", tmp_path / "a", "--n", 1, "--steps", 5])

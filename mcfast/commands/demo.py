@@ -27,6 +27,9 @@ def register(subparsers) -> None:
                    help="shipped mammography model: real (trained on MIAS films, 256², the default; research use "
                         "only) or phantom64 (the 64² model trained on phantoms)")
     p.add_argument("--steps", default=None, help="sampling steps (respacing, default: the demo recipe's, 50 for the real-scan models)")
+    p.add_argument("--fast", action="store_true",
+                   help="the fast sampler (DDIM eta 0.5, x0 + x_t guidance, 10 network calls) instead of the "
+                        "recipe's 50 ancestral steps")
     p.add_argument("--modality", choices=["ct", "mg", "both"], default="both", help="which demo to run")
     p.add_argument("--ckpt-ct", type=Path, default=None, help="use your own lung-CT run instead of the default")
     p.add_argument("--ckpt-mg", type=Path, default=None, help="use your own mammography run instead of the default")
@@ -57,6 +60,6 @@ def run(args: argparse.Namespace) -> int:
                                  ckpt_mg=args.ckpt_mg, modalities=modalities, backend=args.backend,
                                  progress=not args.no_progress, ct_model=args.ct_model,
                                  n_ct=count(args.n_ct, args.ct_model), mg_model=args.mg_model,
-                                 n_mg=count(args.n_mg, args.mg_model)))
+                                 n_mg=count(args.n_mg, args.mg_model), fast=args.fast))
     print(f"done: open {page.resolve()}")
     return 0

@@ -17,14 +17,15 @@ DEFAULT_CHANNELS_LAST = True
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "sample", help="sample images from a trained run",
-        description="Sample --n images from the EMA weights of a run made by 'mcfast train' with DDPM or DDIM, "
+        description="Sample --n images from the EMA weights of a run made by 'mcfast train' with DDPM, DDIM or DPM-Solver++(2M), "
                     "writing sample_NNNN.png (8-bit), samples.npy (N, 1, H, W) float32 in model space [-1, 1] "
-                    "and samples.json (settings and seed). Deterministic for a given --seed and --batch-size.")
+                    "and samples.json (settings and seed). Deterministic for a given --seed; image k does not depend on --batch-size.")
     p.add_argument("--ckpt", type=Path, required=True, help="run folder (model.safetensors + config.json)")
     p.add_argument("--out", type=Path, required=True, help="output folder (must not already hold samples)")
     p.add_argument("--n", type=int, default=16, help="number of images (default 16)")
     p.add_argument("--steps", type=int, default=100, help="sampling steps, respaced from the training T (default 100)")
-    p.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddpm", help="ancestral DDPM or DDIM")
+    p.add_argument("--sampler", choices=["ddpm", "ddim", "dpmpp2m"], default="ddpm",
+                   help="ancestral DDPM, DDIM, or DPM-Solver++(2M) (for 10-25 steps)")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity η (default 0)")
     p.add_argument("--seed", type=int, default=0, help="seed of the noise generator (default 0)")
     p.add_argument("--batch-size", type=int, default=16, help="images per model call (default 16)")
@@ -70,12 +71,15 @@ def run(args: argparse.Namespace) -> int:
     check_sampling_size(config["model"], size, trained, where=str(args.ckpt))
     channels = int(config["model"].get("in_channels", 1))
     fn = make_model_fn(model, device, args.precision, args.channels_last)
-    generator = torch.Generator(device="cpu").manual_seed(args.seed)
     batches = []
     for start in range(0, args.n, args.batch_size):
         b = min(args.batch_size, args.n - start)
+        # One generator per image (seeded from the run's seed and the image's index): image k is the same
+        # whatever the batch size.
+        generators = [torch.Generator(device="cpu").manual_seed(
+            int(np.random.SeedSequence([args.seed, k]).generate_state(1)[0])) for k in range(start, start + b)]
         batches.append(sample(fn, diffusion, (b, channels, size, size), method=args.sampler, eta=args.eta,
-                              clip_denoised=not args.no_clip, generator=generator,
+                              clip_denoised=not args.no_clip, generator=generators,
                               progress=not args.no_progress, device=device).cpu())
     images = torch.cat(batches).numpy().astype(np.float32)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -22,6 +22,16 @@ def register(subparsers) -> None:
     p.add_argument("--out", type=Path, required=True, help="output folder (resumable)")
     p.add_argument("--batch-size", type=int, default=None, help="images per sampling batch (default: the recipe's)")
     p.add_argument("--steps", default=None, help="override the recipe's respacing, e.g. 50 or ddim25")
+    p.add_argument("--sampler", choices=["ddpm", "ddim", "dpmpp2m"], default=None,
+                   help="override the recipe's sampler: ancestral DDPM, DDIM (with --eta) or DPM-Solver++(2M)")
+    p.add_argument("--eta", type=float, default=None, help="override the recipe's DDIM stochasticity (>= 0)")
+    p.add_argument("--x0-guidance", dest="x0_guidance", action="store_true", default=None,
+                   help="also correct each step's x0 prediction towards the references (DDNM-style; helps few steps)")
+    p.add_argument("--no-x0-guidance", dest="x0_guidance", action="store_false",
+                   help="only the ILVR correction of x_t (overrides a recipe's x0_guidance = true)")
+    p.add_argument("--fast", action="store_true",
+                   help="the fast mode: DDIM (eta 0.5) with x0 and x_t guidance at 10 network calls "
+                        "(the pick of docs/results/steps.md); overrides --sampler / --steps")
     p.add_argument("--backend", choices=["auto", "reference", "fused"], default=None,
                    help="guidance implementation (default: the recipe's; auto = fused op when it can serve)")
     p.add_argument("--seed", type=int, default=None, help="override the recipe's seed")
@@ -48,10 +58,16 @@ def run(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe)
     if args.steps is not None:
         recipe.sampler.steps = str(args.steps)
+    for key in ("sampler", "eta", "x0_guidance"):
+        if getattr(args, key) is not None:
+            setattr(recipe.sampler, "method" if key == "sampler" else key, getattr(args, key))
     if args.backend is not None:
         recipe.sampler.backend = args.backend
     if args.seed is not None:
         recipe.seed = args.seed
+    if args.fast:
+        from mcfast.synthesis.recipe import use_fast_sampler
+        use_fast_sampler(recipe)
     if args.dicom:
         recipe.output.dicom = recipe.output.seg = True
     validate(recipe)

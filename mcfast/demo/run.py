@@ -28,11 +28,12 @@ class DemoSettings:
     n_ct: int | None = None       # CT images (default: n)
     mg_model: str | None = None   # a shipped mammography model name; None = the default
     n_mg: int | None = None       # mammograms (default: n)
+    fast: bool = False            # the fast sampler (mcfast.synthesis.recipe.use_fast_sampler) instead of the recipe's
 
 
 def run_demo(settings: DemoSettings) -> Path:
     from mcfast.synthesis.pipeline import synthesize
-    from mcfast.synthesis.recipe import load_recipe, validate
+    from mcfast.synthesis.recipe import load_recipe, use_fast_sampler, validate
 
     out = Path(settings.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -47,6 +48,8 @@ def run_demo(settings: DemoSettings) -> Path:
             recipe.sampler.steps = str(settings.steps)
         if settings.backend:
             recipe.sampler.backend = settings.backend
+        if settings.fast:
+            use_fast_sampler(recipe)
         validate(recipe)
         run_dir = out / ("lung_ct" if modality == "ct" else "mammography")
         print(f"[{modality}] {n} images {recipe.image_size}x{recipe.image_size}, model {ckpt}, recipe "

@@ -1,23 +1,35 @@
-"""Reverse-process sampling loops: DDPM ancestral and DDIM (η), with an optional guidance hook.
+"""Reverse-process sampling loops: DDPM ancestral, DDIM (η) and DPM-Solver++(2M), with a guidance hook.
 
 The loop owns the network call; per step i (num_timesteps−1 … 0) it calls
 ``model(x, timestep_map[i])`` and then either lets the guidance fuse the whole step
 (``guidance.fused_step`` returns x_{i−1}) or does the plain update followed by
-``guidance.correct(x_prev, i)``. All noise comes from the explicit ``generator``, so a seed
-fixes the result.
+``guidance.correct(x_prev, i)``. With ``x0_guidance`` the guidance also corrects the model's
+data prediction before the update (x̂₀ ← x̂₀ + W ⊙ (φ_N(y) − φ_N(x̂₀)), as DDNM does), which is
+what keeps the low frequencies on the reference when a few large steps leave little room for the
+x_t correction alone. Step coefficients come from :mod:`mcfast.diffusion.coefficients`.
+
+Noise comes from the explicit ``generator``: one torch.Generator for the batch, or one per image
+(then every image's noise, and so the image, depends only on its own generator).
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Protocol, Sequence
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from mcfast.diffusion.coefficients import (alpha_bars, ddim_eps_coefficient, ddim_sigma,
+                                           dpmpp_2m_step_coefficients)
 from mcfast.diffusion.gaussian import GaussianDiffusion
+from mcfast.diffusion.schedule import space_timesteps
 from mcfast.errors import InputError
 
-METHODS = ("ddpm", "ddim")
+METHODS = ("ddpm", "ddim", "dpmpp2m")
+# Methods whose update the fused guided-step op implements (its coefficient table, docs/kernels.md).
+FUSABLE_METHODS = ("ddpm", "ddim")
+
+Generators = torch.Generator | Sequence[torch.Generator] | None
 
 
 class Guidance(Protocol):
@@ -25,44 +37,89 @@ class Guidance(Protocol):
 
     def correct(self, x_prev: Tensor, i: int) -> Tensor: ...
 
+    def correct_x0(self, pred_xstart: Tensor, i: int) -> Tensor: ...
+
     def fused_step(self, x_t: Tensor, model_output: Tensor, i: int, method: str, eta: float,
-                   clip_denoised: bool, generator: torch.Generator | None) -> Tensor | None: ...
+                   clip_denoised: bool, generator: Generators) -> Tensor | None: ...
 
 
-def randn(shape, generator: torch.Generator | None, device: torch.device | str | None,
+def randn(shape, generator: Generators, device: torch.device | str | None,
           dtype: torch.dtype = torch.float32) -> Tensor:
-    """N(0, I) noise from ``generator`` on ``device`` (drawn on the generator's device and moved if they differ)."""
+    """N(0, I) noise of ``shape`` on ``device``, drawn on the generator's device and moved if they differ.
+
+    ``generator`` may be a sequence with one generator per item of the leading dimension: item b is
+    then drawn from generator b alone (shape[1:] each), so it does not depend on its batch-mates.
+    """
     device = torch.device(device) if device is not None else torch.device("cpu")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        generators = list(generator)
+        if len(generators) != shape[0]:
+            raise InputError(f"{len(generators)} noise generators for a batch of {shape[0]}")
+        return torch.stack([randn(tuple(shape[1:]), g, device, dtype) for g in generators])
     gen_device = generator.device if generator is not None else device
     z = torch.randn(tuple(shape), generator=generator, device=gen_device, dtype=dtype)
     return z if z.device == device else z.to(device)
 
 
+def _chain_t(x: Tensor, i: int) -> Tensor:
+    return torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
+
+
 def ddpm_step(diffusion: GaussianDiffusion, model_output: Tensor, x: Tensor, i: int, clip_denoised: bool,
-              generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
-    """One ancestral step x_i → x_{i−1}: mean + exp(½·log σ²)·z, no noise at i = 0. Returns (x_prev, pred_xstart)."""
-    t = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
+              generator: Generators, x0_correction: Callable[[Tensor], Tensor] | None = None
+              ) -> tuple[Tensor, Tensor]:
+    """One ancestral step x_i → x_{i−1}: posterior mean + exp(½·log σ²)·z, no noise at i = 0.
+
+    ``x0_correction`` (x̂₀ → x̂₀') replaces the data prediction in the posterior mean (the model's
+    variance is kept). Returns (x_prev, the x̂₀ used).
+    """
+    t = _chain_t(x, i)
     out = diffusion.p_mean_variance(model_output, x, t, clip_denoised=clip_denoised)
+    mean, x0 = out["mean"], out["pred_xstart"]
+    if x0_correction is not None:
+        x0 = x0_correction(x0)
+        mean, _, _ = diffusion.q_posterior_mean_variance(x0, x, t)
     if i == 0:
-        return out["mean"], out["pred_xstart"]
+        return mean, x0
     z = randn(x.shape, generator, x.device)
-    return out["mean"] + torch.exp(0.5 * out["log_variance"]) * z, out["pred_xstart"]
+    return mean + torch.exp(0.5 * out["log_variance"]) * z, x0
 
 
 def ddim_step(diffusion: GaussianDiffusion, model_output: Tensor, x: Tensor, i: int, clip_denoised: bool,
-              eta: float, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
-    """One DDIM step x_i → x_{i−1} with stochasticity ``eta`` (0 = deterministic). Returns (x_prev, pred_xstart)."""
-    t = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
+              eta: float, generator: Generators, x0_correction: Callable[[Tensor], Tensor] | None = None
+              ) -> tuple[Tensor, Tensor]:
+    """One DDIM step x_i → x_{i−1} with stochasticity ``eta`` (0 = deterministic).
+
+    ε is the one consistent with the (possibly clipped) model x̂₀, as in improved-diffusion; an
+    ``x0_correction`` changes only the x̂₀ term (DDNM's rule: the correction then reaches x_{i−1}
+    with weight √ᾱ_prev instead of cancelling through ε). Returns (x_prev, the x̂₀ used).
+    """
+    t = _chain_t(x, i)
     out = diffusion.p_mean_variance(model_output, x, t, clip_denoised=clip_denoised)
-    # ε consistent with the (possibly clipped) x0 prediction, as in improved-diffusion.
     eps = diffusion.predict_eps_from_xstart(x, t, out["pred_xstart"])
-    a_bar = float(diffusion.alphas_cumprod[i])
-    a_bar_prev = float(diffusion.alphas_cumprod_prev[i])
-    sigma = eta * ((1 - a_bar_prev) / (1 - a_bar)) ** 0.5 * (1 - a_bar / a_bar_prev) ** 0.5
-    x_prev = out["pred_xstart"] * a_bar_prev ** 0.5 + max(1 - a_bar_prev - sigma ** 2, 0.0) ** 0.5 * eps
+    x0 = out["pred_xstart"] if x0_correction is None else x0_correction(out["pred_xstart"])
+    a_bar, a_bar_prev = alpha_bars(diffusion, i)
+    sigma = ddim_sigma(a_bar, a_bar_prev, eta)
+    x_prev = x0 * a_bar_prev ** 0.5 + ddim_eps_coefficient(a_bar_prev, sigma) * eps
     if i > 0 and sigma > 0:
         x_prev = x_prev + sigma * randn(x.shape, generator, x.device)
-    return x_prev, out["pred_xstart"]
+    return x_prev, x0
+
+
+def dpmpp_2m_step(diffusion: GaussianDiffusion, model_output: Tensor, x: Tensor, i: int, clip_denoised: bool,
+                  previous_x0: Tensor | None, x0_correction: Callable[[Tensor], Tensor] | None = None
+                  ) -> tuple[Tensor, Tensor]:
+    """One DPM-Solver++(2M) step x_i → x_{i−1} (deterministic); ``previous_x0`` is the x̂₀ of step i + 1.
+
+    Returns (x_prev, the x̂₀ used), which the caller passes back as ``previous_x0`` next step.
+    """
+    out = diffusion.p_mean_variance(model_output, x, _chain_t(x, i), clip_denoised=clip_denoised)
+    x0 = out["pred_xstart"] if x0_correction is None else x0_correction(out["pred_xstart"])
+    step = dpmpp_2m_step_coefficients(diffusion, i, previous_x0 is not None)
+    x_prev = step.c_x0 * x0 + step.c_xt * x
+    if step.c_prev != 0.0:
+        x_prev = x_prev + step.c_prev * previous_x0
+    return x_prev, x0
 
 
 def start_index(diffusion: GaussianDiffusion, start_step: int | None) -> int:
@@ -80,6 +137,27 @@ def start_index(diffusion: GaussianDiffusion, start_step: int | None) -> int:
     return below[-1]
 
 
+def network_calls(steps: str, start_step: int | None, num_timesteps: int = 1000) -> int:
+    """How many network calls respacing ``steps`` makes from an SDEdit start at ``start_step`` (the
+    kept timesteps ≤ start_step, as :func:`start_index` counts; None or ≥ T: all of them)."""
+    kept = sorted(space_timesteps(num_timesteps, steps))
+    if start_step is None or start_step >= kept[-1] + 1:
+        return len(kept)
+    return sum(1 for t in kept if t <= start_step)
+
+
+def respacing_for_calls(calls: int, start_step: int | None, num_timesteps: int = 1000) -> str:
+    """The uniform respacing "N" whose chain makes ``calls`` network calls from ``start_step``: the
+    smallest N that makes at least that many (SDEdit skips the kept steps above the start)."""
+    if calls < 1:
+        raise InputError(f"network calls must be >= 1, got {calls}")
+    for n in range(calls, num_timesteps + 1):
+        if network_calls(str(n), start_step, num_timesteps) >= calls:
+            return str(n)
+    raise InputError(f"{calls} network calls cannot be made from start_step {start_step} of a "
+                     f"{num_timesteps}-step chain")
+
+
 def sdedit_start(diffusion: GaussianDiffusion, reference: Tensor, noise: Tensor, start_step: int | None
                  ) -> tuple[Tensor, int]:
     """SDEdit (Meng et al. 2022): x at ``start_index`` drawn from q(x_t | reference) with the given ``noise``,
@@ -95,13 +173,15 @@ def sdedit_start(diffusion: GaussianDiffusion, reference: Tensor, noise: Tensor,
 @torch.no_grad()
 def sample(model: Callable[[Tensor, Tensor], Tensor], diffusion: GaussianDiffusion, shape, *,
            method: str = "ddpm", eta: float = 0.0, clip_denoised: bool = True, noise: Tensor | None = None,
-           generator: torch.Generator | None = None, guidance: Any = None, progress: bool = True,
+           generator: Generators = None, guidance: Any = None, progress: bool = True,
            return_intermediates: bool = False, device: torch.device | str | None = None,
-           start_at: int | None = None) -> Tensor | tuple[Tensor, list[Tensor]]:
+           start_at: int | None = None, x0_guidance: bool = False) -> Tensor | tuple[Tensor, list[Tensor]]:
     """Draw images of ``shape`` (B, C, H, W) from ``model`` by the reverse process of ``diffusion``.
 
-    ``method`` "ddpm" (ancestral) or "ddim" (with ``eta``). ``noise`` gives x_T (else drawn from
-    ``generator``). ``guidance`` follows the protocol in :class:`Guidance`. With
+    ``method`` "ddpm" (ancestral), "ddim" (with ``eta``) or "dpmpp2m" (DPM-Solver++(2M), for few
+    steps). ``noise`` gives x_T (else drawn from ``generator``: one, or one per image).
+    ``guidance`` follows the protocol in :class:`Guidance`; ``x0_guidance`` also applies its
+    correction to x̂₀ before each update (then the fused op is not used). With
     ``return_intermediates`` the list of x after every step (on CPU, x_T first) is returned too.
     ``start_at`` (a chain index, see :func:`sdedit_start`) begins the loop there with ``noise`` as x
     at that index instead of at the top of the chain.
@@ -125,19 +205,24 @@ def sample(model: Callable[[Tensor, Tensor], Tensor], diffusion: GaussianDiffusi
     if not 0 <= top < diffusion.num_timesteps:
         raise InputError(f"start index {top} is outside the chain [0, {diffusion.num_timesteps - 1}]")
     steps = range(top, -1, -1)
+    can_fuse = guidance is not None and method in FUSABLE_METHODS and not x0_guidance
+    previous_x0: Tensor | None = None
     for i in tqdm(steps, desc=f"{method} sampling", disable=not progress, leave=False):
         t_model = timestep_map[i].expand(x.shape[0])
         model_output = model(x, t_model).float()
-        fused = None
-        if guidance is not None:
-            fused = guidance.fused_step(x, model_output, i, method, eta, clip_denoised, generator)
+        fused = guidance.fused_step(x, model_output, i, method, eta, clip_denoised, generator) if can_fuse else None
         if fused is not None:
             x = fused
         else:
+            correction = None
+            if x0_guidance and guidance is not None:
+                correction = (lambda x0, i=i: guidance.correct_x0(x0, i))
             if method == "ddpm":
-                x, _ = ddpm_step(diffusion, model_output, x, i, clip_denoised, generator)
+                x, _ = ddpm_step(diffusion, model_output, x, i, clip_denoised, generator, correction)
+            elif method == "ddim":
+                x, _ = ddim_step(diffusion, model_output, x, i, clip_denoised, eta, generator, correction)
             else:
-                x, _ = ddim_step(diffusion, model_output, x, i, clip_denoised, eta, generator)
+                x, previous_x0 = dpmpp_2m_step(diffusion, model_output, x, i, clip_denoised, previous_x0, correction)
             if guidance is not None:
                 x = guidance.correct(x, i)
         if return_intermediates:

@@ -90,3 +90,28 @@ def plot_top_pairs(synthetic: np.ndarray, training: np.ndarray, pairs: list[dict
         axes[1, j].set_title(str(p["training_name"])[-14:], fontsize=7)
     fig.suptitle("synthetic (top) and nearest training image (bottom)", fontsize=9)
     return _save(fig, path)
+
+
+def plot_step_study(results: dict, path: str | Path) -> Path:
+    """Three panels against network calls (log axis), one line per sampler: patch-CNN AUC (with the
+    real-vs-real floor), anatomy low-frequency error, seconds per image."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    by_sampler: dict[str, list[dict]] = {}
+    for r in results["sets"].values():
+        by_sampler.setdefault(r["sampler"], []).append(r)
+    panels = (("patch-CNN AUC", lambda r: r["patch_cnn"]["auc"]),
+              ("anatomy error (model space)", lambda r: r["fidelity"]["anatomy"]["mean_mae"]),
+              ("seconds / image", lambda r: r.get("seconds_per_image", float("nan"))))
+    for ax, (label, value) in zip(axes, panels):
+        for name, rows in by_sampler.items():
+            rows = sorted(rows, key=lambda r: r["calls"])
+            ax.plot([r["calls"] for r in rows], [value(r) for r in rows], marker="o", label=name)
+        ax.set_xscale("log")
+        ax.set_xlabel("network calls per image")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].axhline(results["floor"]["patch_cnn"]["auc"], color="grey", ls="--", label="real vs real floor")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"{results['size']}², {results['n']} images per set, model step {results['checkpoint_step']}")
+    return _save(fig, path)

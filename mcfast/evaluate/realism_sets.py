@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mcfast.errors import InputError
 from mcfast.io.datasets import read_manifest
 from mcfast.io.images import read_npy
 from mcfast.synthesis.recipe import load_recipe, validate
@@ -100,12 +101,18 @@ def resize_masks(masks: np.ndarray, size: int) -> np.ndarray:
     return resize_area(masks.astype(np.float32), size) >= 0.5
 
 
-def generate(name: str, spec: tuple, cfg: dict, out: Path, base: Path) -> Path:
-    """Synthesize (or finish) set ``name`` into ``out/name``; records seconds per image in timing.json."""
+def generate(name: str, spec: tuple, cfg: dict, out: Path, base: Path, sampler: dict | None = None) -> Path:
+    """Synthesize (or finish) set ``name`` into ``out/name``; records seconds per image in timing.json.
+    ``sampler``: recipe [sampler] keys to override (method, eta, x0_guidance, ...)."""
     from mcfast.synthesis.pipeline import synthesize
 
     path, size, steps = spec
     recipe = scaled_recipe(base / path, size, steps)
+    for key, value in (sampler or {}).items():
+        if not hasattr(recipe.sampler, key):
+            raise InputError(f"{name}: unknown sampler key {key!r}")
+        setattr(recipe.sampler, key, value)
+    validate(recipe)
     folder = out / name
     started = time.perf_counter()
     result = synthesize(base / cfg["data"]["checkpoint"], recipe, cfg["synthesis"]["n"], folder,
@@ -220,7 +227,7 @@ def replace_block(path: Path, begin: str, end: str, body: str) -> None:
 
 
 def report_arguments(doc: str, name: str, repo: Path) -> argparse.Namespace:
-    """The command line both report scripts take (``name``: "realism_ct" or "realism_mg")."""
+    """The command line the report scripts take (``name``: "realism_ct", "realism_mg", "steps_study")."""
     ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("--config", type=Path, default=repo / "configs" / f"{name}.toml")
     ap.add_argument("--out", type=Path, default=repo / "out" / name, help="synthetic sets (kept, resumed)")
@@ -232,21 +239,35 @@ def report_arguments(doc: str, name: str, repo: Path) -> argparse.Namespace:
     return ap.parse_args()
 
 
-def start_report(args: argparse.Namespace, name: str, repo: Path,
-                 rewrite: Callable[[dict, Path], None]) -> tuple[dict, dict] | None:
-    """Handle --report-only (``rewrite(results, results folder)`` the documents from the saved JSON) and
-    --generate-only (make one set); otherwise return (config, synthetic sets) for the full report.
-    Recipes name their data relative to the repository, so the report runs there."""
+def start_report(args: argparse.Namespace, name: str, repo: Path, rewrite: Callable[[dict, Path], None],
+                 sets_of: Callable[[dict], dict] = synthetic_sets,
+                 make: Callable[[str, object, dict, Path], Path] | None = None) -> tuple[dict, dict] | None:
+    """Handle --report-only (``rewrite(results, results folder)`` the documents from the saved
+    ``name``.json) and --generate-only (``make`` one of the config's ``sets_of``; default: ``generate``);
+    otherwise return (config, sets) for the full report. Recipes name their data relative to the
+    repository, so the report runs there."""
     if args.report_only:
         rewrite(json.loads((args.results / f"{name}.json").read_text()), args.results)
         return None
     torch.set_num_threads(args.threads)
     os.chdir(repo)
     cfg = tomllib.loads(args.config.read_text())
-    sets = synthetic_sets(cfg)
+    sets = sets_of(cfg)
     if args.generate_only:
         if args.generate_only not in sets:
             raise SystemExit(f"unknown set {args.generate_only!r}; sets: {', '.join(sets)}")
-        generate(args.generate_only, sets[args.generate_only], cfg, args.out, repo)
+        if make is None:
+            generate(args.generate_only, sets[args.generate_only], cfg, args.out, repo)
+        else:
+            make(args.generate_only, sets[args.generate_only], cfg, args.out)
         return None
     return cfg, sets
+
+
+def save_results(args: argparse.Namespace, name: str, results: dict, rewrite: Callable[[dict, Path], None]) -> Path:
+    """Write ``name``.json into the results folder, then ``rewrite`` the documents from it."""
+    args.results.mkdir(parents=True, exist_ok=True)
+    path = args.results / f"{name}.json"
+    path.write_text(json.dumps(results, indent=1, default=float) + "\n")
+    rewrite(results, args.results)
+    return path

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mcfast.diffusion.coefficients import alpha_bars, ddim_eps_coefficient, ddim_sigma
 from mcfast.errors import InputError
 
 FILTER_CODES = {"box": 0, "bicubic": 1}
@@ -50,7 +51,7 @@ class GuidedSampler(nn.Module):
                  metadata: Optional[Dict[str, Any]] = None):
         super().__init__()
         if method not in ("ddpm", "ddim"):
-            raise InputError(f"unknown sampler {method!r}; expected ddpm or ddim")
+            raise InputError(f"the exported sampler implements ddpm and ddim, not {method!r}")
         if eta < 0:
             raise InputError(f"DDIM eta must be >= 0, got {eta}")
         if in_channels != 1:
@@ -75,14 +76,14 @@ class GuidedSampler(nn.Module):
         # Guidance: y_{i-1} = √ᾱ_prev·ref + √(1−ᾱ_prev)·ε (as floats, like Python scalars in the eager oracle).
         self.register_buffer("sqrt_ac_prev", _f64(np.sqrt(d.alphas_cumprod_prev)))
         self.register_buffer("sqrt_1m_ac_prev", _f64(np.sqrt(1.0 - d.alphas_cumprod_prev)))
-        # DDIM scalars, computed in float64 exactly as samplers.ddim_step does.
+        # DDIM scalars, in float64 from the one source samplers.ddim_step uses.
         sig, c_x0, c_eps = [], [], []
         for i in range(d.num_timesteps):
-            a_bar, a_prev = float(d.alphas_cumprod[i]), float(d.alphas_cumprod_prev[i])
-            s = self.eta * ((1 - a_prev) / (1 - a_bar)) ** 0.5 * (1 - a_bar / a_prev) ** 0.5
+            a_bar, a_prev = alpha_bars(d, i)
+            s = ddim_sigma(a_bar, a_prev, self.eta)
             sig.append(s)
             c_x0.append(a_prev ** 0.5)
-            c_eps.append(max(1 - a_prev - s ** 2, 0.0) ** 0.5)
+            c_eps.append(ddim_eps_coefficient(a_prev, s))
         self.register_buffer("ddim_sigma", _f64(sig))
         self.register_buffer("ddim_coef_x0", _f64(c_x0))
         self.register_buffer("ddim_coef_eps", _f64(c_eps))

@@ -3,14 +3,16 @@
 The sampler asks it for ``fused_step`` first (one fused op for the reverse step and all
 corrections, from ``mcfast.ops.guided`` when that can serve) and otherwise does the plain step and
 calls ``correct``, which runs the PyTorch reference. Guidance noise ε_s comes from one generator
-per (image, condition), seeded from the run's seed, so adding or removing a condition at the end
-of an image's list leaves the other conditions' noise unchanged; each run (starting at the first
-reverse step) restarts these streams, so the same object and seed give the same image.
+per (image, condition), seeded from the run's seed (or from each image's own seed when one seed per
+image is given, so an image's guidance noise does not depend on its batch-mates), so adding or
+removing a condition at the end of an image's list leaves the other conditions' noise unchanged;
+each run (starting at the first reverse step) restarts these streams, so the same object and seed
+give the same image.
 """
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -19,7 +21,7 @@ from torch import Tensor
 from mcfast.errors import InputError
 from mcfast.guidance.conditions import (Condition, ConditionsArg, check_conditions, conditions_per_image,
                                         original_num_steps)
-from mcfast.guidance.reference import active_conditions, guided_correction
+from mcfast.guidance.reference import active_conditions, clean_reference_correction, guided_correction
 
 log = logging.getLogger(__name__)
 
@@ -36,15 +38,16 @@ class ILVRGuidance:
 
     ``conditions``: a Condition, a list shared by every image, or one list per image.
     ``diffusion``: the (possibly respaced) chain used for sampling; stop steps are checked against its
-    original T. ``generator``: a torch.Generator (one seed is drawn from it here), an int seed, or
-    None (seed 0). ``backend``: "reference" (always PyTorch), "fused" (the fused op or an error),
+    original T. ``generator``: a torch.Generator (one seed is drawn from it here), an int seed, a
+    sequence of int seeds (one per image, for per-conditions lists), or None (seed 0). ``backend``: "reference" (always PyTorch), "fused" (the fused op or an error),
     "auto" (fused when it can serve, else reference).
 
     After a run, ``correction_counts[b][s]`` is how many steps applied condition s to image b and
     ``applied_timesteps[b][s]`` lists their original timesteps.
     """
 
-    def __init__(self, conditions: ConditionsArg, diffusion: Any, generator: torch.Generator | int | None = None,
+    def __init__(self, conditions: ConditionsArg, diffusion: Any,
+                 generator: torch.Generator | int | Sequence[int] | None = None,
                  backend: str = "auto"):
         if backend not in BACKENDS:
             raise InputError(f"unknown guidance backend {backend!r}; expected one of {', '.join(BACKENDS)}")
@@ -61,14 +64,19 @@ class ILVRGuidance:
                 if c.stop_step > T:
                     raise InputError(f"{c.label} (image {b}) stop_step {c.stop_step} is past the diffusion's "
                                      f"{T} timesteps")
+        self.image_seeds: list[int] | None = None
         if generator is None:
             self.seed = 0
+        elif isinstance(generator, (list, tuple)):
+            if not _is_per_image(self.conditions) or len(generator) != len(self.conditions):
+                raise InputError(f"{len(generator)} guidance seeds need as many per-image condition lists, got "
+                                 f"{len(self.conditions)} {'lists' if _is_per_image(self.conditions) else 'conditions'}")
+            self.image_seeds = [_as_seed(g) for g in generator]
+            self.seed = self.image_seeds[0] if self.image_seeds else 0
         elif isinstance(generator, torch.Generator):
             self.seed = int(torch.randint(0, 2 ** 62, (1,), generator=generator, device=generator.device).item())
-        elif isinstance(generator, (int, np.integer)) and not isinstance(generator, bool) and generator >= 0:
-            self.seed = int(generator)
         else:
-            raise InputError(f"guidance generator must be a torch.Generator or a seed >= 0, got {generator!r}")
+            self.seed = _as_seed(generator)
         self._per_image: list[list[Condition]] | None = None
         self._image_shape: tuple[int, int] | None = None
         self._generators: dict[tuple[int, int, str], torch.Generator] = {}
@@ -109,7 +117,9 @@ class ILVRGuidance:
         gen = self._generators.get(key)
         if gen is None:
             gen = torch.Generator(device=device)
-            gen.manual_seed(_condition_seed(self.seed, b, s))
+            seed = (_condition_seed(self.seed, b, s) if self.image_seeds is None
+                    else _condition_seed(self.image_seeds[b], 0, s))
+            gen.manual_seed(seed)
             self._generators[key] = gen
         return gen
 
@@ -129,6 +139,12 @@ class ILVRGuidance:
         out = guided_correction(x_prev, per_image, self.diffusion, i, self._generators_for(per_image, x_prev.device))
         self._count(per_image, i)
         return out
+
+    def correct_x0(self, pred_xstart: Tensor, i: int) -> Tensor:
+        """The model's x̂₀ at chain index ``i`` moved onto every active condition's clean reference
+        (``x0_guidance`` sampling); draws no noise and counts nothing (``correct`` counts the step)."""
+        per_image = self._start_step(pred_xstart, i)
+        return clean_reference_correction(pred_xstart, per_image, self.diffusion, i)
 
     def fused_step(self, x_t: Tensor, model_output: Tensor, i: int, method: str, eta: float, clip_denoised: bool,
                    generator: torch.Generator | None) -> Tensor | None:
@@ -181,6 +197,12 @@ class ILVRGuidance:
             else:
                 batch_size = len(self.conditions) if _is_per_image(self.conditions) else 1
         return [[c.low_reference(device) for c in conds] for conds in self.conditions_per_image(batch_size)]
+
+
+def _as_seed(value: Any) -> int:
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 0:
+        return int(value)
+    raise InputError(f"guidance generator must be a torch.Generator or a seed >= 0, got {value!r}")
 
 
 def _is_per_image(conditions: ConditionsArg) -> bool:

@@ -69,35 +69,58 @@ def guided_correction(x_prev: Tensor, conditions_per_image: Sequence[Sequence[Co
     last step, where y = ref. ``noise[b][s]`` overrides the draw (kernel parity tests): a full
     ε (H, W) or a low-resolution down_N(ε) (H/N, W/N).
     """
-    if x_prev.ndim != 4 or x_prev.shape[1] != 1:
-        raise InputError(f"guided correction expects samples of shape (B, 1, H, W), got {tuple(x_prev.shape)}")
-    if len(conditions_per_image) != x_prev.shape[0]:
-        raise InputError(f"got guidance conditions for {len(conditions_per_image)} images but the batch has "
-                         f"{x_prev.shape[0]}")
+    _check_batch(x_prev, conditions_per_image)
     t = int(diffusion.timestep_map[i])
     coef_ref, coef_eps = noisy_reference_coefficients(diffusion, i)
-    height, width = x_prev.shape[-2:]
+    return _apply_corrections(x_prev, conditions_per_image, t, coef_ref, coef_eps, generator, noise)
+
+
+def clean_reference_correction(pred_xstart: Tensor, conditions_per_image: Sequence[Sequence[Condition]],
+                               diffusion: Any, i: int) -> Tensor:
+    """x̂₀ + Σ_s W_s ⊙ (φ_{n_s}(y_s) − φ_{n_s}(x̂₀)) for the conditions active at chain index ``i``.
+
+    The data-prediction form of the same correction (DDNM's range-space replacement, with ILVR's
+    low-pass as the operator): the model's x̂₀ is compared with the clean reference, so nothing
+    is drawn. Same condition rules as :func:`guided_correction`.
+    """
+    _check_batch(pred_xstart, conditions_per_image)
+    return _apply_corrections(pred_xstart, conditions_per_image, int(diffusion.timestep_map[i]), 1.0, 0.0, None, None)
+
+
+def _check_batch(x: Tensor, conditions_per_image: Sequence[Sequence[Condition]]) -> None:
+    if x.ndim != 4 or x.shape[1] != 1:
+        raise InputError(f"guided correction expects samples of shape (B, 1, H, W), got {tuple(x.shape)}")
+    if len(conditions_per_image) != x.shape[0]:
+        raise InputError(f"got guidance conditions for {len(conditions_per_image)} images but the batch has "
+                         f"{x.shape[0]}")
+
+
+def _apply_corrections(x: Tensor, conditions_per_image: Sequence[Sequence[Condition]], t: int,
+                       coef_ref: float, coef_eps: float, generator: Generators,
+                       noise: Sequence[Sequence[Tensor | None]] | None) -> Tensor:
+    """x + Σ_s W_s ⊙ (φ(coef_ref·y_s + coef_eps·ε_s) − φ(x)) over the conditions active at original step t."""
+    height, width = x.shape[-2:]
     out = []
     for b, conds in enumerate(conditions_per_image):
-        x_b = x_prev[b]
+        x_b = x[b]
         total = torch.zeros_like(x_b)
         for s, cond in enumerate(conds):
             if not cond.active_at(t):
                 continue
-            ref = cond.reference(x_prev.device).to(x_prev.dtype)
+            ref = cond.reference(x.device).to(x.dtype)
             given = None if noise is None else noise[b][s]
             if given is not None:
-                given = given.to(x_prev.device, x_prev.dtype)
+                given = given.to(x.device, x.dtype)
             if given is not None and tuple(given.shape[-2:]) != (height, width):
                 # Low-resolution down_N(ε): only linearity can place it, as a fused kernel does.
                 phi_y = (lowpass(coef_ref * ref, cond.factor, cond.filter)
                          + coef_eps * _upsampled_low_noise(given, cond, f"noise for image {b} condition {s}"))
             else:
                 if given is None and coef_eps > 0.0:
-                    given = _draw((1, height, width), _pick_generator(generator, b, s), x_prev)
+                    given = _draw((1, height, width), _pick_generator(generator, b, s), x)
                 y = coef_ref * ref if given is None else coef_ref * ref + coef_eps * given.reshape(1, height, width)
                 phi_y = lowpass(y, cond.factor, cond.filter)
             residual = phi_y - lowpass(x_b, cond.factor, cond.filter)
-            total = total + cond.weight_map(x_prev.device).to(x_prev.dtype) * residual
+            total = total + cond.weight_map(x.device).to(x.dtype) * residual
         out.append(x_b + total)
     return torch.stack(out, dim=0)

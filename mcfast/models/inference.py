@@ -1,22 +1,49 @@
-"""Run a denoising network for sampling: autocast precision and memory format chosen once."""
+"""Run a denoising network for sampling: autocast precision, memory format and fused norms chosen once."""
 from __future__ import annotations
 
+import logging
 from contextlib import nullcontext
 from typing import Callable
 
 import torch
 
 from mcfast.errors import InputError
+from mcfast.models.unet import use_fused_norm
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+FUSED_NORM_DEVICES = ("cpu", "cuda")
+
+log = logging.getLogger("mcfast.models")
+_logged_plain = False
+
+
+def _auto_fused_norm(device: torch.device) -> bool:
+    """Fused norms when the op library is loaded and serves ``device``; says once why not when it is missing."""
+    global _logged_plain
+    if device.type not in FUSED_NORM_DEVICES:
+        return False
+    from mcfast import ops
+
+    if ops.available():
+        return True
+    if not _logged_plain:
+        _logged_plain = True
+        log.info("mcfast's op library is not built: the U-Net uses plain GroupNorm + SiLU (build it with "
+                 "`pip install -e .` for the fused op)")
+    return False
 
 
 def make_model_fn(model: torch.nn.Module, device: torch.device, precision: str,
-                  channels_last: bool) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+                  channels_last: bool,
+                  fused_norm: bool | None = None) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """Wrap ``model`` as ``fn(x, t)`` running under the requested autocast precision and memory format.
 
     The output is float32 and contiguous whatever the precision and memory format, so the samplers'
     arithmetic (and the fused guided-step op) sees plain float32 tensors.
+
+    ``fused_norm``: run the U-Net's norm + scale-shift + SiLU as one op (``models.unet.use_fused_norm``,
+    set on ``model`` in place); None = when the op library is loaded and ``device`` is a CPU or CUDA device.
+    With it on, ``fn`` runs without autograd (the op has no backward; sampling needs none).
     """
     if precision not in PRECISIONS:
         raise InputError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
@@ -27,11 +54,13 @@ def make_model_fn(model: torch.nn.Module, device: torch.device, precision: str,
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    fused = _auto_fused_norm(device) if fused_norm is None else bool(fused_norm)
+    use_fused_norm(model, fused)
 
     def fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         ctx = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
-        with ctx:
+        with ctx, (torch.no_grad() if fused else nullcontext()):
             return model(x, t).float().contiguous()
     return fn

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mcfast.errors import InputError
+from mcfast.ops.norm import group_norm_silu
 
 
 def timestep_embedding(timesteps: Tensor, dim: int, max_period: int = 10000) -> Tensor:
@@ -46,12 +47,19 @@ def zero_module(module: nn.Module) -> nn.Module:
 
 
 class ResBlock(nn.Module):
-    """GroupNorm–SiLU–conv ×2 with the timestep embedding added (or applied as scale-shift) in between."""
+    """GroupNorm–SiLU–conv ×2 with the timestep embedding added (or applied as scale-shift) in between.
+
+    ``fused_norm`` (off by default; see :func:`use_fused_norm`) runs each norm + scale-shift + SiLU as one
+    op (``mcfast.ops.norm.group_norm_silu``), for inference: under bf16 autocast the op takes the conv's
+    bf16 output and returns bf16 instead of GroupNorm's float32 round trip. Scripted models and anything
+    that needs a gradient take the plain path.
+    """
 
     def __init__(self, channels: int, emb_channels: int, dropout: float, out_channels: int,
                  use_scale_shift_norm: bool):
         super().__init__()
         self.use_scale_shift_norm = use_scale_shift_norm
+        self.fused_norm = False
         self.in_norm = norm_layer(channels)
         self.in_conv = nn.Conv2d(channels, out_channels, 3, padding=1)
         self.emb_proj = nn.Linear(emb_channels, 2 * out_channels if use_scale_shift_norm else out_channels)
@@ -61,6 +69,8 @@ class ResBlock(nn.Module):
         self.skip = nn.Identity() if out_channels == channels else nn.Conv2d(channels, out_channels, 1)
 
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        if self.fused_norm and not torch.jit.is_scripting():
+            return self._fused_forward(x, emb)
         h = self.in_conv(F.silu(self.in_norm(x)))
         emb_out = self.emb_proj(F.silu(emb)).to(h.dtype)[:, :, None, None]
         if self.use_scale_shift_norm:
@@ -70,6 +80,21 @@ class ResBlock(nn.Module):
             h = self.out_norm(h + emb_out)
         h = self.out_conv(self.dropout(F.silu(h)))
         return self.skip(x) + h
+
+    @torch.jit.unused
+    def _fused_forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        """forward() with every norm + scale-shift + SiLU as one fused op (same result to rounding)."""
+        n = self.in_norm
+        h = self.in_conv(group_norm_silu(x, n.weight, n.bias, None, None, n.num_groups, n.eps, True))
+        emb_out = self.emb_proj(F.silu(emb)).to(h.dtype)
+        n = self.out_norm
+        if self.use_scale_shift_norm:
+            scale, shift = torch.chunk(emb_out, 2, dim=1)
+            h = group_norm_silu(h, n.weight, n.bias, scale, shift, n.num_groups, n.eps, True)
+        else:
+            h = group_norm_silu(h + emb_out[:, :, None, None], n.weight, n.bias, None, None, n.num_groups, n.eps,
+                                True)
+        return self.skip(x) + self.out_conv(self.dropout(h))
 
 
 class AttentionBlock(nn.Module):
@@ -226,6 +251,17 @@ class UNetModel(nn.Module):
     def count_parameters(self) -> int:
         """Number of trainable parameters."""
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+
+def use_fused_norm(model: nn.Module, enabled: bool = True) -> int:
+    """Switch every ResBlock of ``model`` to the fused norm + scale-shift + SiLU op (or back); returns how many.
+
+    For inference (the op has no backward: with gradients enabled the blocks use its PyTorch reference).
+    """
+    blocks = [m for m in model.modules() if isinstance(m, ResBlock)]
+    for block in blocks:
+        block.fused_norm = bool(enabled)
+    return len(blocks)
 
 
 def attention_factors(image_size: int, resolutions) -> tuple[int, ...]:

@@ -38,3 +38,15 @@ def _philox_normal_fake(out: Tensor, seed: int, offset: int, stream: int, start:
 @torch.library.register_fake("mcfast::philox_bits_")
 def _philox_bits_fake(out: Tensor, seed: int, offset: int, stream: int, start: int) -> None:
     return None
+
+
+@torch.library.register_fake("mcfast::group_norm_silu")
+def _group_norm_silu_fake(x: Tensor, weight: Tensor, bias: Tensor, scale: Tensor | None, shift: Tensor | None,
+                          groups: int, eps: float, apply_silu: bool) -> Tensor:
+    torch._check(x.dim() == 4, lambda: f"mcfast::group_norm_silu: x must have shape (B, C, H, W), got {tuple(x.shape)}")
+    torch._check(groups > 0 and x.shape[1] % groups == 0,
+                 lambda: f"mcfast::group_norm_silu: channels C = {x.shape[1]} are not divisible by groups = {groups}")
+    # Like the kernels: x's own strides when contiguous or channels_last, else a contiguous result.
+    if x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last):
+        return torch.empty_like(x)
+    return torch.empty_like(x, memory_format=torch.contiguous_format)

@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mcfast.diffusion.coefficients import ddim_step_coefficients
+from mcfast.diffusion.samplers import FUSABLE_METHODS, Generators, randn
 from mcfast.errors import InputError, McfastError
 from mcfast.ops.reference import (LOGVAR_MAX, LOGVAR_MIN, MEAN_X0, MEAN_XT, NOISE_SCALE, NUM_COEFS, REF_NOISE,
                                   REF_SIGNAL, WEIGHT_FULL, WEIGHT_MAP, WEIGHT_PATCH, X0_FROM_EPS, X0_FROM_XT)
@@ -155,29 +157,20 @@ def step_coefficients(diffusion: Any, i: int, method: str, eta: float, batch: in
         row[NOISE_SCALE] = 1.0 if i > 0 else 0.0
     else:
         # DDIM: x_{t−1} = √ᾱ_prev·x0 + √(1−ᾱ_prev−σ²)·ε', ε' = (r0·x_t − x0)/r1 — linear in (x0, x_t).
-        abar = float(diffusion.alphas_cumprod[i])
-        sigma = eta * math.sqrt((1 - abar_prev) / (1 - abar)) * math.sqrt(1 - abar / abar_prev)
-        b_eps = math.sqrt(max(1 - abar_prev - sigma ** 2, 0.0))
-        row[MEAN_X0] = math.sqrt(abar_prev) - b_eps / sqrt_recipm1
-        row[MEAN_XT] = b_eps * sqrt_recip / sqrt_recipm1
-        use_noise = i > 0 and sigma > 0
-        row[LOGVAR_MIN] = row[LOGVAR_MAX] = 2.0 * math.log(sigma) if use_noise else 0.0
+        step = ddim_step_coefficients(diffusion, i, eta)
+        row[MEAN_X0], row[MEAN_XT] = step.c_x0, step.c_xt
+        use_noise = step.sigma > 0
+        row[LOGVAR_MIN] = row[LOGVAR_MAX] = 2.0 * math.log(step.sigma) if use_noise else 0.0
         row[NOISE_SCALE] = 1.0 if use_noise else 0.0
     return torch.tensor([row], dtype=torch.float32).expand(batch, NUM_COEFS).contiguous(), learned
 
 
-def _draw(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> Tensor:
-    gen_device = generator.device if generator is not None else device
-    z = torch.randn(shape, generator=generator, device=gen_device, dtype=torch.float32)
-    return z if z.device == device else z.to(device)
-
-
 def _passed_noise(x_t: Tensor, packed: PackedConditions, active: list[list[bool]], coef_row: Tensor,
-                  generator: torch.Generator | None, condition_generators) -> tuple[Tensor, Tensor]:
+                  generator: Generators, condition_generators) -> tuple[Tensor, Tensor]:
     """(z, ref_noise) drawn in the reference path's order (see the module docstring)."""
     B, _, H, W = x_t.shape
     if float(coef_row[NOISE_SCALE]) != 0.0:
-        z = _draw(tuple(x_t.shape), generator, x_t.device)
+        z = randn(tuple(x_t.shape), generator, x_t.device)
     else:
         z = torch.zeros(x_t.shape, device=x_t.device)
     ref_noise = torch.zeros(packed.refs.numel(), device=x_t.device)
@@ -188,8 +181,11 @@ def _passed_noise(x_t: Tensor, packed: PackedConditions, active: list[list[bool]
             for m, on in enumerate(active[b]):
                 if not on:
                     continue
-                gen = condition_generators[b][m] if condition_generators is not None else generator
-                eps = _draw((1, H, W), gen, x_t.device)
+                if condition_generators is not None:
+                    gen = condition_generators[b][m]
+                else:
+                    gen = generator if generator is None or isinstance(generator, torch.Generator) else generator[b]
+                eps = randn((1, H, W), gen, x_t.device)
                 n = factors[b][m]
                 low = F.avg_pool2d(eps, n) if n > 1 else eps
                 o = offsets[b][m]
@@ -227,7 +223,7 @@ def _kernel_for(device: torch.device, max_factor: int):
 
 def try_fused_step(x_t: Tensor, model_output: Tensor, diffusion: Any, i: int,
                    conditions_per_image: Sequence[Sequence[Any]], method: str, eta: float, clip_denoised: bool,
-                   generator: torch.Generator | None, force: bool = False, *,
+                   generator: Generators, force: bool = False, *,
                    condition_generators: Sequence[Sequence[torch.Generator]] | None = None,
                    noise: str = "auto", seed: int | None = None) -> Tensor | None:
     """x_{i−1} from one fused guided step, or None when the fused op cannot serve (reason logged once).
@@ -243,7 +239,7 @@ def try_fused_step(x_t: Tensor, model_output: Tensor, diffusion: Any, i: int,
         ops.load()
     except McfastError as exc:
         return _unsupported(str(exc), force)
-    if method not in ("ddpm", "ddim"):
+    if method not in FUSABLE_METHODS:
         return _unsupported(f"sampling method {method!r}", force)
     if x_t.ndim != 4 or x_t.shape[1] != 1:
         return _unsupported(f"samples of shape {tuple(x_t.shape)} (the op takes (B, 1, H, W))", force)
@@ -283,8 +279,10 @@ def try_fused_step(x_t: Tensor, model_output: Tensor, diffusion: Any, i: int,
     else:
         z = ref_noise = None
         if seed is None:
-            gen_device = generator.device if generator is not None else torch.device("cpu")
-            seed = int(torch.randint(0, 2 ** 62, (1,), generator=generator, device=gen_device).item())
+            # One seed for the batch: in-kernel Philox noise is per batch, not per image.
+            seed_gen = generator if generator is None or isinstance(generator, torch.Generator) else generator[0]
+            gen_device = seed_gen.device if seed_gen is not None else torch.device("cpu")
+            seed = int(torch.randint(0, 2 ** 62, (1,), generator=seed_gen, device=gen_device).item())
         seed_value = int(seed)
     # coefs, active and the packed (B, M) tables stay on the host: both kernels take them there
     return kernel(x_in, mo, coefs, z, ref_noise, packed.refs, packed.ref_offsets, packed.factors, active,

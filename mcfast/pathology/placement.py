@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
-from scipy.signal import fftconvolve
+from scipy import fft
 
 from mcfast.errors import InputError
 from mcfast.pathology.patches import Patch, mask_box
@@ -38,8 +38,17 @@ def overlap_map(tissue_mask: np.ndarray, lesion_mask: np.ndarray) -> np.ndarray:
     """
     t = np.asarray(tissue_mask, dtype=np.float64)
     m = np.asarray(lesion_mask, dtype=np.float64)
-    counts = fftconvolve(t, m[::-1, ::-1], mode="valid")  # cross-correlation
-    return np.rint(counts) / m.sum()  # counts are integers; rint removes FFT round-off
+    return np.rint(valid_correlation(t, m)) / m.sum()  # counts are integers; rint removes FFT round-off
+
+
+def valid_correlation(image: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """``sum(kernel * image[r:r+h, c:c+w])`` for every offset inside the image, by FFT (scipy.fft: the
+    same numbers as scipy.signal.fftconvolve with the flipped kernel, without importing scipy.signal,
+    which costs about 0.5 s of every CLI start)."""
+    (H, W), (h, w) = image.shape, kernel.shape
+    shape = (fft.next_fast_len(H + h - 1, real=True), fft.next_fast_len(W + w - 1, real=True))
+    full = fft.irfft2(fft.rfft2(image, shape) * fft.rfft2(kernel[::-1, ::-1], shape), shape)
+    return full[h - 1:H, w - 1:W]
 
 
 def place_patch(anatomy_shape: tuple[int, int], tissue_mask: np.ndarray, patch: Patch, rng: np.random.Generator,

@@ -70,8 +70,10 @@ def _check_provenance(out: Path, provenance: dict) -> None:
 
 def synthesize(ckpt: str | Path, recipe: Recipe, n: int, out: str | Path, *, device: str | None = None,
                precision: str = "fp32", batch_size: int | None = None, progress: bool = True,
-               channels_last: bool = False) -> SynthesisResult:
-    """Make ``n`` annotated images from the run at ``ckpt`` following ``recipe`` into ``out``."""
+               channels_last: bool = False, fused_norm: bool | None = None) -> SynthesisResult:
+    """Make ``n`` annotated images from the run at ``ckpt`` following ``recipe`` into ``out``.
+
+    ``fused_norm``: the U-Net's fused norm + SiLU op (None = when it is available; see make_model_fn)."""
     from mcfast.models.inference import make_model_fn
     from mcfast.diffusion.gaussian import create_diffusion
     from mcfast.diffusion.samplers import sample, sdedit_start
@@ -106,7 +108,7 @@ def synthesize(ckpt: str | Path, recipe: Recipe, n: int, out: str | Path, *, dev
     mine = [i for i in range(n) if i % world == rank]
     todo = [i for i in mine if not outputs.is_done(out, i)]
     device_t = next(model.parameters()).device
-    model_fn = make_model_fn(model, device_t, precision, channels_last=channels_last)
+    model_fn = make_model_fn(model, device_t, precision, channels_last=channels_last, fused_norm=fused_norm)
     bs = batch_size or recipe.sampler.batch_size
     bar = tqdm(total=len(todo), desc=f"synthesize {recipe.modality}", unit="img", disable=not progress)
     for start in range(0, len(todo), bs):
@@ -116,16 +118,18 @@ def synthesize(ckpt: str | Path, recipe: Recipe, n: int, out: str | Path, *, dev
         # SDEdit start: each item's anatomy reference noised to start_step with its own x_T noise.
         anatomy = torch.stack([p.conditions[0].ref for p in plans]).to(device_t)
         x_start, first = sdedit_start(diffusion, anatomy, noise, recipe.sampler.start_step)
-        gen = torch.Generator(device=device_t).manual_seed(item_seed(recipe.seed + 1, batch[0]))
-        guidance = ILVRGuidance([p.conditions for p in plans], diffusion, generator=item_seed(recipe.seed + 2, batch[0]),
-                                backend=recipe.sampler.backend)
+        # One step-noise generator and one guidance seed per item: an item's image depends on its seed only.
+        gens = [torch.Generator(device=device_t).manual_seed(item_seed(recipe.seed + 1, i)) for i in batch]
+        guidance = ILVRGuidance([p.conditions for p in plans], diffusion,
+                                generator=[item_seed(recipe.seed + 2, i) for i in batch], backend=recipe.sampler.backend)
         x = sample(model_fn, diffusion, noise.shape, method=recipe.sampler.method, eta=recipe.sampler.eta,
-                   clip_denoised=recipe.sampler.clip_denoised, noise=x_start, generator=gen, guidance=guidance,
-                   progress=False, device=device_t, start_at=first)
+                   clip_denoised=recipe.sampler.clip_denoised, noise=x_start, generator=gens, guidance=guidance,
+                   progress=False, device=device_t, start_at=first, x0_guidance=recipe.sampler.x0_guidance)
         images = x.float().cpu().numpy()[:, 0]
         for p, img in zip(plans, images):
             outputs.write_item(out, p, img, recipe.modality, recipe.output,
                                {"rank": rank, "batch": batch, "sampler": recipe.sampler.method,
+                                "eta": recipe.sampler.eta, "x0_guidance": recipe.sampler.x0_guidance,
                                 "steps": recipe.sampler.steps, "start_step": recipe.sampler.start_step,
                                 "network_calls": first + 1})
         bar.update(len(batch))
