@@ -35,7 +35,7 @@ ROUNDS = {64: 3, 128: 2, 256: 1, CROP_SIZE: 1}
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 DIFFUSERS_HEAD_DIM = 64  # diffusers takes one head size for all levels (mcfast: 4 heads); 64 divides every width
 _MODELS: dict[tuple[str, int, str], object] = {}
-_MEDIANS: dict[tuple[str, int, str], float] = {}
+_MEDIANS: dict[tuple[str, str, int, str], float] = {}
 
 
 def _diffusers_unet(config: dict) -> torch.nn.Module:

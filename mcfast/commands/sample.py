@@ -56,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
     from mcfast.diffusion.samplers import sample
     from mcfast.models.inference import make_model_fn
     from mcfast.models.unet import check_sampling_size
+    from mcfast.seeding import item_seed
     from mcfast.train.checkpoint import load_model
 
     if args.n < 1 or args.batch_size < 1:
@@ -74,10 +75,8 @@ def run(args: argparse.Namespace) -> int:
     batches = []
     for start in range(0, args.n, args.batch_size):
         b = min(args.batch_size, args.n - start)
-        # One generator per image (seeded from the run's seed and the image's index): image k is the same
-        # whatever the batch size.
-        generators = [torch.Generator(device="cpu").manual_seed(
-            int(np.random.SeedSequence([args.seed, k]).generate_state(1)[0])) for k in range(start, start + b)]
+        # One generator per image: image k is the same whatever the batch size.
+        generators = [torch.Generator(device="cpu").manual_seed(item_seed(args.seed, k)) for k in range(start, start + b)]
         batches.append(sample(fn, diffusion, (b, channels, size, size), method=args.sampler, eta=args.eta,
                               clip_denoised=not args.no_clip, generator=generators,
                               progress=not args.no_progress, device=device).cpu())

@@ -58,9 +58,9 @@ def run(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe)
     if args.steps is not None:
         recipe.sampler.steps = str(args.steps)
-    for key in ("sampler", "eta", "x0_guidance"):
-        if getattr(args, key) is not None:
-            setattr(recipe.sampler, "method" if key == "sampler" else key, getattr(args, key))
+    for key, value in {"method": args.sampler, "eta": args.eta, "x0_guidance": args.x0_guidance}.items():
+        if value is not None:
+            setattr(recipe.sampler, key, value)
     if args.backend is not None:
         recipe.sampler.backend = args.backend
     if args.seed is not None:

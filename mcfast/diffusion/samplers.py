@@ -43,6 +43,13 @@ class Guidance(Protocol):
                    clip_denoised: bool, generator: Generators) -> Tensor | None: ...
 
 
+def image_generator(generator: Generators, b: int) -> torch.Generator | None:
+    """The generator image ``b`` draws from: the shared one, or its own when there is one per image."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return generator
+    return generator[b]
+
+
 def randn(shape, generator: Generators, device: torch.device | str | None,
           dtype: torch.dtype = torch.float32) -> Tensor:
     """N(0, I) noise of ``shape`` on ``device``, drawn on the generator's device and moved if they differ.

@@ -108,11 +108,12 @@ def generate(name: str, spec: tuple, cfg: dict, out: Path, base: Path, sampler: 
 
     path, size, steps = spec
     recipe = scaled_recipe(base / path, size, steps)
-    for key, value in (sampler or {}).items():
-        if not hasattr(recipe.sampler, key):
-            raise InputError(f"{name}: unknown sampler key {key!r}")
-        setattr(recipe.sampler, key, value)
-    validate(recipe)
+    if sampler:
+        for key, value in sampler.items():
+            if not hasattr(recipe.sampler, key):
+                raise InputError(f"{name}: unknown sampler key {key!r}")
+            setattr(recipe.sampler, key, value)
+        validate(recipe)
     folder = out / name
     started = time.perf_counter()
     result = synthesize(base / cfg["data"]["checkpoint"], recipe, cfg["synthesis"]["n"], folder,

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mcfast.diffusion.coefficients import ddim_step_coefficients
-from mcfast.diffusion.samplers import FUSABLE_METHODS, Generators, randn
+from mcfast.diffusion.samplers import FUSABLE_METHODS, Generators, image_generator, randn
 from mcfast.errors import InputError, McfastError
 from mcfast.ops.reference import (LOGVAR_MAX, LOGVAR_MIN, MEAN_X0, MEAN_XT, NOISE_SCALE, NUM_COEFS, REF_NOISE,
                                   REF_SIGNAL, WEIGHT_FULL, WEIGHT_MAP, WEIGHT_PATCH, X0_FROM_EPS, X0_FROM_XT)
@@ -181,10 +181,7 @@ def _passed_noise(x_t: Tensor, packed: PackedConditions, active: list[list[bool]
             for m, on in enumerate(active[b]):
                 if not on:
                     continue
-                if condition_generators is not None:
-                    gen = condition_generators[b][m]
-                else:
-                    gen = generator if generator is None or isinstance(generator, torch.Generator) else generator[b]
+                gen = condition_generators[b][m] if condition_generators is not None else image_generator(generator, b)
                 eps = randn((1, H, W), gen, x_t.device)
                 n = factors[b][m]
                 low = F.avg_pool2d(eps, n) if n > 1 else eps
@@ -280,7 +277,7 @@ def try_fused_step(x_t: Tensor, model_output: Tensor, diffusion: Any, i: int,
         z = ref_noise = None
         if seed is None:
             # One seed for the batch: in-kernel Philox noise is per batch, not per image.
-            seed_gen = generator if generator is None or isinstance(generator, torch.Generator) else generator[0]
+            seed_gen = image_generator(generator, 0)
             gen_device = seed_gen.device if seed_gen is not None else torch.device("cpu")
             seed = int(torch.randint(0, 2 ** 62, (1,), generator=seed_gen, device=gen_device).item())
         seed_value = int(seed)

@@ -19,7 +19,8 @@ from mcfast import __version__
 from mcfast.atomic import write_text
 from mcfast.errors import InputError
 from mcfast.synthesis import outputs
-from mcfast.synthesis.plan import item_seed, plan_item
+from mcfast.seeding import item_seed
+from mcfast.synthesis.plan import plan_item
 from mcfast.synthesis.recipe import Recipe
 
 PROVENANCE = "provenance.json"

@@ -13,6 +13,7 @@ from scipy import ndimage
 
 from mcfast.errors import InputError
 from mcfast.guidance.conditions import Condition
+from mcfast.seeding import item_seed
 from mcfast.synthesis.recipe import MATCH_REGIONS, Recipe
 from mcfast.synthesis.sources import Anatomy, load_anatomy, load_patch
 
@@ -56,11 +57,6 @@ class ItemPlan:
     lesions: list[PlacedLesion]
     conditions: list[Condition]
     pathology_reference: np.ndarray  # anatomy with every patch pasted (model space), for the contact sheet
-
-
-def item_seed(recipe_seed: int, index: int) -> int:
-    """A well-mixed per-item seed: the same item gets the same anatomy and lesions on every rank and re-run."""
-    return int(np.random.SeedSequence([recipe_seed, index]).generate_state(1, dtype=np.uint64)[0] >> np.uint64(2))
 
 
 def plan_item(recipe: Recipe, index: int) -> ItemPlan:
