@@ -8,6 +8,10 @@ Results (with the speed-ups over ``paper`` from the same run) go to benchmarks/r
 
     .venv/bin/python -m pytest benchmarks/bench_synthesis.py --benchmark-only
     MCFAST_BENCH_SYNTH_SIZES=256 MCFAST_BENCH_SYNTH_THREADS=2 ...   # a subset
+
+A run rewrites the JSON with its own rows only. The committed file joins two runs, each row naming its
+own in ``run``: the 2-thread rows (2026-12-03, quiet machine) and the 1-thread rows (2026-12-02, the
+other core busy); the paper baseline and the speed-ups of a row come from the same run as the row.
 """
 from __future__ import annotations
 

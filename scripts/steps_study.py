@@ -36,6 +36,8 @@ def study_sets(cfg: dict) -> dict[str, dict]:
     sets = {}
     for s in cfg["samplers"]:
         overrides = {k: s[k] for k in ("method", "eta", "x0_guidance") if k in s}
+        if "eps_scale" in syn:
+            overrides["eps_scale"] = float(syn["eps_scale"])
         for calls in s["calls"]:
             sets[f"{s['name']}_{calls}"] = {"sampler": s["name"], "calls": calls,
                                            "steps": respacing_for_calls(calls, start), "overrides": overrides}

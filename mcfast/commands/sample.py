@@ -27,6 +27,8 @@ def register(subparsers) -> None:
     p.add_argument("--sampler", choices=["ddpm", "ddim", "dpmpp2m"], default="ddpm",
                    help="ancestral DDPM, DDIM, or DPM-Solver++(2M) (for 10-25 steps)")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity η (default 0)")
+    p.add_argument("--eps-scale", type=float, default=1.0, metavar="LAMBDA",
+                   help="epsilon scaling: divide the network's noise prediction by LAMBDA (> 0; default 1 = off)")
     p.add_argument("--seed", type=int, default=0, help="seed of the noise generator (default 0)")
     p.add_argument("--batch-size", type=int, default=16, help="images per model call (default 16)")
     p.add_argument("--size", type=int, default=None,
@@ -52,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from mcfast.atomic import atomic_path, write_text
+    from mcfast.diffusion.eps_scaling import check_eps_scale, scale_eps
     from mcfast.diffusion.gaussian import create_diffusion
     from mcfast.diffusion.samplers import sample
     from mcfast.models.inference import make_model_fn
@@ -61,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.n < 1 or args.batch_size < 1:
         raise InputError(f"--n and --batch-size must be >= 1 (got {args.n}, {args.batch_size})")
+    check_eps_scale(args.eps_scale, "--eps-scale")
     if (args.out / "samples.npy").exists():
         raise InputError(f"{args.out}: already holds samples.npy; choose another --out")
     device = torch.device(args.device) if args.device else (
@@ -71,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     size = args.size or trained
     check_sampling_size(config["model"], size, trained, where=str(args.ckpt))
     channels = int(config["model"].get("in_channels", 1))
-    fn = make_model_fn(model, device, args.precision, args.channels_last)
+    fn = scale_eps(make_model_fn(model, device, args.precision, args.channels_last), args.eps_scale)
     batches = []
     for start in range(0, args.n, args.batch_size):
         b = min(args.batch_size, args.n - start)
@@ -90,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
         np.save(tmp, images)
     write_text(args.out / "samples.json", json.dumps({
         "ckpt": str(args.ckpt), "step": config["step"], "n": args.n, "steps": args.steps, "sampler": args.sampler,
-        "eta": args.eta, "seed": args.seed, "batch_size": args.batch_size, "ema": not args.raw,
+        "eta": args.eta, "eps_scale": args.eps_scale, "seed": args.seed, "batch_size": args.batch_size, "ema": not args.raw,
         "precision": args.precision, "channels_last": args.channels_last, "clip_denoised": not args.no_clip,
         "model_space": "[-1, 1]", "data": config.get("data", {})}, indent=1) + "\n")
     print(f"mcfast sample: {args.n} images {size}x{size} written to {args.out}")

@@ -29,9 +29,14 @@ def register(subparsers) -> None:
                    help="also correct each step's x0 prediction towards the references (DDNM-style; helps few steps)")
     p.add_argument("--no-x0-guidance", dest="x0_guidance", action="store_false",
                    help="only the ILVR correction of x_t (overrides a recipe's x0_guidance = true)")
+    p.add_argument("--eps-scale", type=float, default=None, metavar="LAMBDA",
+                   help="override the recipe's epsilon scaling: divide the network's noise prediction by "
+                        "LAMBDA (> 0; 1 = off; corrects the exposure bias that smooths fine texture, "
+                        "see docs/guidance.md)")
     p.add_argument("--fast", action="store_true",
                    help="the fast mode: DDIM (eta 0.5) with x0 and x_t guidance at 10 network calls "
-                        "(the pick of docs/results/steps.md); overrides --sampler / --steps")
+                        "(the pick of docs/results/steps.md, without epsilon scaling); overrides --sampler / --steps / "
+                        "--eps-scale")
     p.add_argument("--backend", choices=["auto", "reference", "fused"], default=None,
                    help="guidance implementation (default: the recipe's; auto = fused op when it can serve)")
     p.add_argument("--seed", type=int, default=None, help="override the recipe's seed")
@@ -58,7 +63,9 @@ def run(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe)
     if args.steps is not None:
         recipe.sampler.steps = str(args.steps)
-    for key, value in {"method": args.sampler, "eta": args.eta, "x0_guidance": args.x0_guidance}.items():
+    overrides = {"method": args.sampler, "eta": args.eta, "x0_guidance": args.x0_guidance,
+                 "eps_scale": args.eps_scale}
+    for key, value in overrides.items():
         if value is not None:
             setattr(recipe.sampler, key, value)
     if args.backend is not None:

@@ -75,6 +75,7 @@ def synthesize(ckpt: str | Path, recipe: Recipe, n: int, out: str | Path, *, dev
     """Make ``n`` annotated images from the run at ``ckpt`` following ``recipe`` into ``out``.
 
     ``fused_norm``: the U-Net's fused norm + SiLU op (None = when it is available; see make_model_fn)."""
+    from mcfast.diffusion.eps_scaling import scale_eps
     from mcfast.models.inference import make_model_fn
     from mcfast.diffusion.gaussian import create_diffusion
     from mcfast.diffusion.samplers import sample, sdedit_start
@@ -109,7 +110,8 @@ def synthesize(ckpt: str | Path, recipe: Recipe, n: int, out: str | Path, *, dev
     mine = [i for i in range(n) if i % world == rank]
     todo = [i for i in mine if not outputs.is_done(out, i)]
     device_t = next(model.parameters()).device
-    model_fn = make_model_fn(model, device_t, precision, channels_last=channels_last, fused_norm=fused_norm)
+    model_fn = scale_eps(make_model_fn(model, device_t, precision, channels_last=channels_last,
+                                       fused_norm=fused_norm), recipe.sampler.eps_scale)
     bs = batch_size or recipe.sampler.batch_size
     bar = tqdm(total=len(todo), desc=f"synthesize {recipe.modality}", unit="img", disable=not progress)
     for start in range(0, len(todo), bs):
@@ -131,6 +133,7 @@ def synthesize(ckpt: str | Path, recipe: Recipe, n: int, out: str | Path, *, dev
             outputs.write_item(out, p, img, recipe.modality, recipe.output,
                                {"rank": rank, "batch": batch, "sampler": recipe.sampler.method,
                                 "eta": recipe.sampler.eta, "x0_guidance": recipe.sampler.x0_guidance,
+                                "eps_scale": recipe.sampler.eps_scale,
                                 "steps": recipe.sampler.steps, "start_step": recipe.sampler.start_step,
                                 "network_calls": first + 1})
         bar.update(len(batch))
