@@ -25,7 +25,7 @@ import torch
 from mcfast.atomic import write_text
 from mcfast.diffusion.eps_scaling import scale_eps
 from mcfast.diffusion.gaussian import create_diffusion
-from mcfast.diffusion.samplers import sample, sdedit_start
+from mcfast.diffusion.samplers import randn, sample, sdedit_start
 from mcfast.evaluate.classifier import machine_info
 from mcfast.evaluate.realism_sets import load_split, machine_line
 from mcfast.evaluate.two_sample import DEFAULT_BANDS, spectrum_band_ratios
@@ -64,15 +64,14 @@ def band_row(real: np.ndarray, images: torch.Tensor) -> dict:
     return {**{b: round(ratios[b], 4) for b in DEFAULT_BANDS}, "mean_hu_shift": round(shift, 1)}
 
 
-def noise_for(n: int, shape: tuple[int, ...], seed: int) -> torch.Tensor:
-    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(item_seed(seed, k)))
-                        for k in range(n)])
+def crop_generators(n: int, seed: int) -> list[torch.Generator]:
+    """One generator per crop (mcfast.seeding.item_seed), so a crop's noise does not depend on the others."""
+    return [torch.Generator().manual_seed(item_seed(seed, k)) for k in range(n)]
 
 
-def single_step(fn, diffusion_kwargs: dict, crops: torch.Tensor, t: int, seed: int) -> torch.Tensor:
-    diffusion = create_diffusion(**diffusion_kwargs)
+def single_step(fn, diffusion, crops: torch.Tensor, t: int, seed: int) -> torch.Tensor:
     tt = torch.full((len(crops),), t, dtype=torch.long)
-    x_t = diffusion.q_sample(crops, tt, noise=noise_for(len(crops), crops.shape[1:], seed))
+    x_t = diffusion.q_sample(crops, tt, noise=randn(tuple(crops.shape), crop_generators(len(crops), seed), "cpu"))
     eps, _ = diffusion.split_model_output(fn(x_t, tt), x_t)
     return diffusion.predict_xstart_from_eps(x_t, tt, eps).clamp(-1, 1)
 
@@ -80,8 +79,9 @@ def single_step(fn, diffusion_kwargs: dict, crops: torch.Tensor, t: int, seed: i
 def chain(fn, diffusion, crops: torch.Tensor, start_step: int, seed: int, method: str = "ddpm", eta: float = 0.0,
           guidance_of=None) -> torch.Tensor:
     """``crops`` noised to ``start_step`` and sampled back by ``diffusion``'s chain (per-crop seeds)."""
-    x_start, first = sdedit_start(diffusion, crops, noise_for(len(crops), crops.shape[1:], seed), start_step)
-    gens = [torch.Generator().manual_seed(item_seed(seed + 1, k)) for k in range(len(crops))]
+    noise = randn(tuple(crops.shape), crop_generators(len(crops), seed), "cpu")
+    x_start, first = sdedit_start(diffusion, crops, noise, start_step)
+    gens = crop_generators(len(crops), seed + 1)
     guidance = guidance_of(diffusion) if guidance_of is not None else None
     return sample(fn, diffusion, tuple(crops.shape), method=method, eta=eta, noise=x_start, start_at=first,
                   generator=gens, guidance=guidance, progress=False)
@@ -109,9 +109,9 @@ def run(cfg: dict, threads: int) -> dict:
                      "machine": machine_info(), "n_crops": len(crops), "crop_size": c["size"],
                      "n_slices": len(images), "n_patients": len(set(patients)), "bands": bands}
     with torch.no_grad():
-        results["single_step"] = [{"t": t, **band_row(crops_np, single_step(base_fn, diffusion_kwargs, crops, t, seed),
-                                                      )} for t in cfg["diagnosis"]["single_step_t"]]
         full = create_diffusion(**diffusion_kwargs)
+        results["single_step"] = [{"t": t, **band_row(crops_np, single_step(base_fn, full, crops, t, seed))}
+                                  for t in cfg["diagnosis"]["single_step_t"]]
         results["full_chain"] = []
         for start in cfg["diagnosis"]["chain_starts"]:
             started = time.perf_counter()
