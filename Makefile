@@ -9,11 +9,12 @@ PYTEST_ARGS ?=
 
 .PHONY: install demo test test-slow bench clean
 
-$(VENV)/.installed: setup.py
+# One plain editable install: pip reads pyproject.toml, builds mcfast._C in an isolated build environment
+# (its own torch in the same range as the runtime one) and installs the [test] extra (= all extras + pytest).
+$(VENV)/.installed: pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip setuptools wheel
-	$(PIP) install -q torch==2.14.1 torchvision==0.29.1 pybind11 ninja
-	$(PIP) install -q --no-build-isolation -e ".[test]"
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e ".[test]"
 	touch $@
 
 install: $(VENV)/.installed

@@ -1,4 +1,4 @@
-"""Build mcfast with its compiled op library (``mcfast._C``).
+"""Build mcfast's compiled op library (``mcfast._C``); everything else is in pyproject.toml.
 
 CPU kernels are always built. CUDA kernels are added when nvcc is found
 (``CUDA_HOME``, default ``/usr/local/cuda``); ``MCFAST_CUDA=0`` skips them and
@@ -8,7 +8,7 @@ import glob
 import os
 import shutil
 
-from setuptools import find_packages, setup
+from setuptools import setup
 
 
 def _want_cuda():
@@ -26,6 +26,8 @@ def _want_cuda():
 
 
 def _extensions():
+    # Before importing cpp_extension, which reads CUDA_HOME once at import (see _want_cuda).
+    with_cuda = _want_cuda()
     from torch.utils.cpp_extension import CppExtension, CUDAExtension
 
     here = os.path.dirname(os.path.abspath(__file__))
@@ -39,7 +41,7 @@ def _extensions():
         cxx.append("-march=native")
     # MCFAST_PYTHON_MODULE: only this build defines PyInit__C (the CMake ops library has no Python).
     define_macros = [("MCFAST_PYTHON_MODULE", "1")]  # cpp_extension defines Py_LIMITED_API itself
-    if _want_cuda():
+    if with_cuda:
         sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
         arch = os.environ.get("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
         os.environ["TORCH_CUDA_ARCH_LIST"] = arch
@@ -59,36 +61,9 @@ def _cmdclass():
     return {"build_ext": BuildExtension.with_options(use_ninja=True)}
 
 
+# Metadata, dependencies, package data and the console script are in pyproject.toml; only the
+# extension (whose sources and flags are computed) stays here.
 setup(
-    name="mcfast",
-    version="0.1.0",
-    description="Annotated synthetic lung CT and mammograms with multi-condition weighted ILVR-guided DDPMs, with fused guidance kernels",
-    long_description=open("README.md", encoding="utf-8").read() if os.path.exists("README.md") else "",
-    long_description_content_type="text/markdown",
-    python_requires=">=3.10",
-    packages=find_packages(include=["mcfast", "mcfast.*"]),
-    package_data={"mcfast": ["assets/*/*.safetensors", "assets/*/*.json", "assets/*/*.md", "configs/*.toml"]},
     ext_modules=_extensions(),
     cmdclass=_cmdclass(),
-    install_requires=[
-        "torch==2.14.1",
-        "torchvision==0.29.1",
-        "numpy",
-        "pydicom>=3",
-        "pylibjpeg",
-        "pylibjpeg-libjpeg",
-        "highdicom",
-        "h5py",
-        "scikit-image",
-        "scipy",
-        "timm",
-        "triton",
-        "safetensors",
-        "tqdm",
-        "matplotlib",
-        "fastapi",
-        "uvicorn",
-    ],
-    extras_require={"test": ["pytest", "pytest-benchmark", "selenium", "httpx"]},
-    entry_points={"console_scripts": ["mcfast=mcfast.cli:main"]},
 )

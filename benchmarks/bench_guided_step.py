@@ -35,8 +35,8 @@ pytestmark = pytest.mark.skipif(not ops.available(), reason="mcfast._C is not bu
 from mcfast.diffusion.gaussian import create_diffusion  # noqa: E402
 from mcfast.diffusion.samplers import ddpm_step  # noqa: E402
 from mcfast.guidance.conditions import Condition  # noqa: E402
-from mcfast.guidance.reference import guided_correction  # noqa: E402
-from mcfast.ops.guided import _passed_noise, pack_conditions, step_coefficients, try_fused_step  # noqa: E402
+from mcfast.guidance.oracle import guided_correction  # noqa: E402
+from mcfast.ops.guided import FusedGuidedStep, pack_op_tables, passed_noise, step_coefficients  # noqa: E402
 
 FULL = os.environ.get("MCFAST_BENCH_FULL", "0") == "1"
 THREADS = int(os.environ.get("MCFAST_BENCH_THREADS", "1"))
@@ -46,6 +46,14 @@ else:
     GRID = [(1, 256, 1), (8, 256, 1), (8, 256, 3)]
 STEP = 500  # chain index of the measured step (T = 1000): every condition active, noise on
 _TABLE: list[str] = []
+
+_fused_steps: dict = {}
+
+
+def try_fused_step(x, model_out, diffusion, i, conds, method, eta, clip, generator, force=False, seed=None):
+    """One fused step from a FusedGuidedStep kept per (diffusion, seed), as a guidance object keeps its own."""
+    step = _fused_steps.setdefault((id(diffusion), seed), FusedGuidedStep(diffusion, force=force, seed=seed))
+    return step(x, model_out, i, conds, method, eta, clip, generator)
 
 
 def _timeit(fn, min_time=0.4, max_runs=30, warmup=1) -> float:
@@ -131,10 +139,10 @@ def test_guided_step(benchmark, bench_results, B, size, M):
         return try_fused_step(x, mo, diffusion, STEP, conds, "ddpm", 0.0, True, None, force=True, seed=7)
 
     # passed-in noise: the op alone on pre-drawn noise (drawing it costs what the reference's randn costs)
-    packed = pack_conditions(conds, size, size, x.device)
+    packed = pack_op_tables(conds, size, size, x.device)
     coefs, learned = step_coefficients(diffusion, STEP, "ddpm", 0.0, B)
     active = torch.ones(B, M, dtype=torch.bool)
-    z, ref_noise = _passed_noise(x, packed, [[True] * M] * B, coefs[0], step_gen, None)
+    z, ref_noise = passed_noise(x, packed, [[True] * M] * B, coefs[0], step_gen, None)
     op_args = (x, mo, coefs, z, ref_noise, packed.refs, packed.ref_offsets, packed.factors, active,
                packed.weight_kind, packed.patch, packed.weight_maps, packed.weight_offsets, 0, STEP, learned, True)
 
@@ -212,7 +220,7 @@ def test_guided_step_cuda(benchmark, bench_results, B, size, M):
     x = torch.randn(B, 1, size, size, device=dev)
     mo = torch.randn(B, 2, size, size, device=dev) * 0.5
     conds = _conditions(B, size, M)
-    packed = pack_conditions(conds, size, size, dev)
+    packed = pack_op_tables(conds, size, size, dev)
     coefs, learned = step_coefficients(diffusion, STEP, "ddpm", 0.0, B)
     active = torch.ones(B, M, dtype=torch.bool)
     z = torch.randn(B, 1, size, size, device=dev)
@@ -220,7 +228,7 @@ def test_guided_step_cuda(benchmark, bench_results, B, size, M):
     host = (packed.ref_offsets, packed.factors, active, packed.weight_kind, packed.patch)
     op = torch.ops.mcfast.guided_step
 
-    def fused():  # what try_fused_step sends: small tables on the host, noise drawn in-kernel
+    def fused():  # what FusedGuidedStep sends: small tables on the host, noise drawn in-kernel
         return op(x, mo, coefs, None, None, packed.refs, host[0], host[1], host[2], host[3], host[4],
                   packed.weight_maps, packed.weight_offsets, 7, STEP, learned, True)
 

@@ -169,28 +169,4 @@ inline GuidedPlan plan_guided_step(const at::Tensor& x_t, const at::Tensor& mode
   return plan;
 }
 
-// ddpm_step's checks, shared by CPU and CUDA.
-inline void check_ddpm_step(const at::Tensor& x_t, const at::Tensor& eps, const at::Tensor& noise,
-                            std::initializer_list<std::pair<const at::Tensor*, const char*>> coefs) {
-  const char* op = "mcfast::ddpm_step: ";
-  TORCH_CHECK(x_t.dim() >= 1, op, "x_t must have a batch dimension, got a 0-d tensor");
-  TORCH_CHECK(x_t.scalar_type() == at::kFloat || x_t.scalar_type() == at::kBFloat16, op,
-              "x_t must be float32 or bfloat16, got ", x_t.scalar_type());
-  for (auto [t, name] : {std::pair<const at::Tensor*, const char*>{&x_t, "x_t"}, {&eps, "eps"}, {&noise, "noise"}}) {
-    TORCH_CHECK(t->sizes() == x_t.sizes(), op, name, " must have the shape of x_t ", x_t.sizes(), ", got ",
-                t->sizes());
-    TORCH_CHECK(t->scalar_type() == x_t.scalar_type(), op, name, " dtype ", t->scalar_type(),
-                " differs from x_t dtype ", x_t.scalar_type());
-    TORCH_CHECK(t->is_contiguous(), op, name, " must be contiguous");
-    TORCH_CHECK(t->device() == x_t.device(), op, name, " is on ", t->device(), " but x_t is on ", x_t.device());
-  }
-  for (auto [t, name] : coefs) {
-    TORCH_CHECK(t->dim() == 1 && t->size(0) == x_t.size(0), op, name, " must have shape (B,) = (", x_t.size(0),
-                ",), got ", t->sizes());
-    TORCH_CHECK(t->scalar_type() == at::kFloat, op, name, " must be float32, got ", t->scalar_type());
-    TORCH_CHECK(t->is_contiguous(), op, name, " must be contiguous");
-    TORCH_CHECK(t->device() == x_t.device(), op, name, " is on ", t->device(), " but x_t is on ", x_t.device());
-  }
-}
-
 }  // namespace mcfast

@@ -5,10 +5,6 @@
 TORCH_LIBRARY(mcfast, m) {
   // The fake kernels live in this Python module; torch tells users to import it when missing.
   m.set_python_module("mcfast.ops.fake");
-  // DDPM posterior step, per-image coefficients of shape (B,):
-  //   x0 = c1·x_t − c2·ε (clamped to [-1, 1] when clip), mean = m1·x0 + m2·x_t, x_{t−1} = mean + σ·noise.
-  m.def("ddpm_step(Tensor x_t, Tensor eps, Tensor noise, Tensor coef_x0_from_xt, Tensor coef_x0_from_eps, "
-        "Tensor coef_mean_x0, Tensor coef_mean_xt, Tensor sigma, bool clip) -> Tensor");
   // One reverse step with multi-condition weighted ILVR guidance (box filter); layout in docs/kernels.md.
   m.def("guided_step(Tensor x_t, Tensor model_output, Tensor coefs, Tensor? noise, Tensor? ref_noise, "
         "Tensor refs, Tensor ref_offsets, Tensor factors, Tensor active, Tensor weight_kind, Tensor patch, "

@@ -9,8 +9,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 
-from mcfast.errors import McfastError
+from mcfast.errors import McfastError, McfastWarning
 
 # Order is the order shown by --help.
 COMMANDS = ["demo", "train", "sample", "synthesize", "phantoms", "prepare", "info", "export", "evaluate", "turing"]
@@ -31,6 +32,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warnings(command: str, default):
+    """Show mcfast's own warnings as one line like its errors (Python's format adds a source line)."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, McfastWarning):
+            print(f"mcfast {command}: warning: {message}", file=file or sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+    return show
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -38,7 +49,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warnings(args.command, warnings.showwarning)
+            return int(args.func(args) or 0)
     except McfastError as exc:
         print(f"mcfast {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -11,3 +11,8 @@ class InputError(McfastError, ValueError):
 
 class CheckpointError(McfastError):
     """A checkpoint that is missing, corrupt, or made for another architecture."""
+
+
+class McfastWarning(UserWarning):
+    """Input used on an assumption (or left out) that the user should know about; the message names
+    the files. The CLI prints these as one line, ``mcfast CMD: warning: ...``."""

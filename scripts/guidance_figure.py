@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def unguided(ckpt: Path, recipe, plans) -> np.ndarray:
     model, dkw, _ = load_model(ckpt)
     diffusion = create_diffusion(**{**dkw, "respacing": recipe.sampler.steps})
-    noise = initial_noise(plans, recipe.image_size)
+    noise = initial_noise(recipe.seed, [p.index for p in plans], recipe.image_size)
     x = sample(model, diffusion, noise.shape, noise=noise, generator=torch.Generator().manual_seed(1), progress=False)
     return x.numpy()[:, 0]
 

@@ -8,7 +8,7 @@ from skimage.draw import polygon
 
 from mcfast.anatomy import (breast_phantom, breast_phantom_labels, breast_phantom_with_mask, lung_phantom,
                             lung_phantom_labels)
-from mcfast.anatomy.phantom import _ellipse_ctrl, _fill, closed_bspline
+from mcfast.anatomy.geometry import closed_bspline, ellipse_ctrl, fill_curve
 from mcfast.errors import InputError
 
 
@@ -31,14 +31,14 @@ def test_closed_bspline_is_closed_and_smooth():
 def test_scanline_fill_matches_skimage_polygon():
     rng = np.random.default_rng(1)
     for _ in range(10):
-        curve = closed_bspline(_ellipse_ctrl(rng, 9, *rng.uniform(-0.6, 0.6, 2), *rng.uniform(0.05, 0.9, 2), 0.3))
+        curve = closed_bspline(ellipse_ctrl(rng, 9, *rng.uniform(-0.6, 0.6, 2), *rng.uniform(0.05, 0.9, 2), 0.3))
         size = int(rng.integers(17, 90))
         x = (curve[:, 0] + 1) * 0.5 * size - 0.5
         y = (curve[:, 1] + 1) * 0.5 * size - 0.5
         ref = np.zeros((size, size), dtype=bool)
         rr, cc = polygon(y, x, ref.shape)
         ref[rr, cc] = True
-        np.testing.assert_array_equal(_fill(curve, size), ref)
+        np.testing.assert_array_equal(fill_curve(curve, size), ref)
 
 
 def test_lung_phantom_deterministic_and_seed_dependent():

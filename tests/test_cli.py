@@ -17,3 +17,26 @@ def test_help_lists_every_command():
     text = build_parser().format_help()
     for name in COMMANDS:
         assert name in text
+
+
+def test_mcfast_warnings_are_one_line_like_errors(monkeypatch, capsys):
+    import warnings
+
+    from mcfast import cli
+    from mcfast.commands import info
+    from mcfast.errors import McfastWarning
+
+    def warn_then_succeed(args):
+        warnings.warn("a.dcm: no RescaleSlope; read as slope 1", McfastWarning)
+        return 0
+
+    real_register = info.register
+
+    def register(sub):
+        real_register(sub)
+        sub.choices["info"].set_defaults(func=warn_then_succeed)
+
+    monkeypatch.setattr(info, "register", register)
+    assert cli.main(["info", "anything"]) == 0
+    err = capsys.readouterr().err
+    assert err == "mcfast info: warning: a.dcm: no RescaleSlope; read as slope 1\n"

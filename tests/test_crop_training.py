@@ -11,6 +11,7 @@ from mcfast.errors import InputError
 from mcfast.models.unet import UNetModel, check_sampling_size, is_fully_convolutional, preset_config
 from mcfast.train.crops import apply_crops, draw_crop_boxes, foreground_fraction, pick_foreground_boxes
 from mcfast.train.timesteps import create_timestep_sampler
+from mcfast.train.checkpoint import checkpoint_dir, weights_file
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -77,7 +78,7 @@ def test_crop_foreground_option_is_validated_and_recorded(tmp_path):
                  "--crop-foreground", 1.5, *CONV]) == 2
     assert _cli(["train", "--data", data, "--out", tmp_path / "ok", "--crop", 16, "--max-steps", 1,
                  "--batch-size", 2, "--crop-foreground", 0.3, "--no-crop-flip", *CONV]) == 0
-    train = json.loads((tmp_path / "ok" / "config.json").read_text())["train"]
+    train = json.loads((checkpoint_dir(tmp_path / "ok") / "config.json").read_text())["train"]
     assert train["crop_foreground"] == 0.3 and train["crop_flip"] is False
 
 
@@ -120,7 +121,7 @@ def test_crop_training_cli_samples_larger_and_is_deterministic(tmp_path):
     for name in ("a", "b"):
         assert _cli(["train", "--data", data, "--out", tmp_path / name, "--crop", 16, "--max-steps", 3,
                      "--batch-size", 2, "--save-every", 3, *CONV]) == 0
-    ca = json.loads((tmp_path / "a" / "config.json").read_text())
+    ca = json.loads((checkpoint_dir(tmp_path / "a") / "config.json").read_text())
     assert ca["model"]["image_size"] == 16 and ca["train"]["crop_size"] == 16 and ca["data"]["image_size"] == 32
     def losses(run):
         return [json.loads(line)["loss"] for line in (run / "log.jsonl").read_text().splitlines()]
@@ -147,20 +148,20 @@ def test_init_warm_start_from_run_and_from_shipped_bf16_asset(tmp_path, capsys):
     data = write_npy_images(tmp_path / "data", size=32)
     assert _cli(["train", "--data", data, "--out", tmp_path / "first", "--crop", 16, "--max-steps", 2,
                  "--batch-size", 2, "--save-every", 2, *CONV]) == 0
-    first = load_file(str(tmp_path / "first" / "model.safetensors"))
+    first = load_file(str(weights_file(tmp_path / "first")))
     # An asset folder holds only bf16 EMA weights and a config (what mcfast.demo.ship writes).
     asset = tmp_path / "asset"
     asset.mkdir()
     save_file({k: v.to(torch.bfloat16) for k, v in first.items() if k.startswith("ema.")},
               str(asset / "model.safetensors"), metadata={"step": "2", "format": "mcfast"})
-    (asset / "config.json").write_text((tmp_path / "first" / "config.json").read_text())
+    (asset / "config.json").write_text((checkpoint_dir(tmp_path / "first") / "config.json").read_text())
     for src in (tmp_path / "first", asset):
         out = tmp_path / f"warm_{src.name}"
         # --max-steps 0 writes nothing: train 1 step with lr 0 so the weights stay the init's
         assert _cli(["train", "--data", data, "--out", out, "--crop", 16, "--init", src, "--max-steps", 1,
                      "--lr", 0, "--batch-size", 2, "--save-every", 1, "--no-progress", "--sample-every", 0]) == 0
-        warm = load_file(str(out / "model.safetensors"))
-        cfg = json.loads((out / "config.json").read_text())
+        warm = load_file(str(weights_file(out)))
+        cfg = json.loads((checkpoint_dir(out) / "config.json").read_text())
         assert cfg["step"] == 1 and cfg["data"]["init"] == str(src)
         key = next(k for k in first if k.startswith("model.") and k.endswith("in_conv.weight"))
         expected = first[key.replace("model.", "ema.", 1)]

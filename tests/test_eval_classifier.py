@@ -149,7 +149,8 @@ def test_bad_inputs_give_clear_errors(tmp_path):
 
 def test_repo_configs_parse():
     root = Path(__file__).resolve().parents[1]
-    for name in ("eval_classifier_mias.toml", "eval_classifier_ci.toml", "eval_classifier_ct.toml"):
+    for name in ("eval_classifier_mias.toml", "eval_classifier_ci.toml", "eval_classifier_ct.toml",
+                 "eval_classifier_mias224.toml"):
         cfg = ecfg.load_config(root / "configs" / name)
         assert cfg.train.model.startswith("convnext")
 

@@ -22,6 +22,7 @@ from mcfast.guidance.conditions import Condition
 from mcfast.guidance.ilvr import ILVRGuidance, _condition_seed
 from mcfast.models.unet import UNetModel
 from mcfast.train.checkpoint import save_checkpoint
+from mcfast.train.checkpoint import checkpoint_dir
 
 SIZE, STEPS, BATCH = 32, 6, 2
 MODEL = dict(image_size=SIZE, in_channels=1, model_channels=16, out_channels=2, num_res_blocks=1,
@@ -233,10 +234,10 @@ def test_scripted_checks_reject_bad_conditions(run_dir):
 
 def test_checkpoint_of_another_architecture_is_refused(tmp_path):
     run = make_run(tmp_path)
-    cfg = json.loads((run / "config.json").read_text())
+    cfg = json.loads((checkpoint_dir(run) / "config.json").read_text())
     cfg["model"]["model_channels"] = 32  # config and weights disagree
-    (run / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(CheckpointError, match="do not match the architecture|has shape"):
+    (checkpoint_dir(run) / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="do not match the architecture|has shape|differ from those saved"):
         export_torchscript(run, tmp_path / "s.pt", steps=STEPS, ops="off")
     from mcfast.cli import main
     assert main(["export", "--ckpt", str(run), "--out", str(tmp_path / "s.pt"), "--steps", "5", "--ops", "off"]) == 2

@@ -16,7 +16,7 @@ from mcfast.errors import InputError
 from mcfast.guidance.conditions import Condition
 from mcfast.guidance.filters import lowpass
 from mcfast.guidance.ilvr import ILVRGuidance
-from mcfast.guidance.reference import clean_reference_correction
+from mcfast.guidance.oracle import clean_reference_correction
 from mcfast.synthesis.recipe import load_recipe, recipe_from_dict
 from analytic_models import original_alphas_cumprod
 from synthesis_helpers import make_tiny_run

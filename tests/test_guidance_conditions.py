@@ -139,3 +139,14 @@ def test_reference_size_must_match_the_samples():
     d = create_diffusion(T=1000, schedule="linear", respacing="10", model_var_type="fixed_small", loss_type="simple")
     with pytest.raises(InputError, match="has a 32x32 reference but the samples are 64x64"):
         check_conditions([[Condition(_ref(), 4)]], (64, 64), d)
+
+
+def test_condition_keeps_its_own_copy_so_the_cached_lowpass_stays_true():
+    ref = torch.rand(16, 16)
+    weight = torch.rand(16, 16)
+    cond = Condition(ref, 4, weight=weight)
+    low = cond.low_reference().clone()
+    ref.add_(1.0)
+    weight.zero_()
+    torch.testing.assert_close(cond.low_reference(), low)
+    assert cond.weight.max() > 0

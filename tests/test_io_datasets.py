@@ -183,7 +183,9 @@ def test_split_prepare_keeps_each_patient_on_one_side(shared_data, tmp_path):
     assert counts == {"train": len(train["items"]), "val": len(val["items"])}
     assert set(val["patients"]) == {"TCGA-17-Z029", "TCGA-34-5231"}
     assert not set(train["patients"]) & set(val["patients"])
-    assert counts["train"] + counts["val"] == 77 - 5 and train["dropped"]["pixel duplicate"] == 5
+    staged = read_manifest(tmp_path / "split" / "all" / "tcga-lung-ct")
+    assert counts["train"] + counts["val"] == 77 - 5 and train["dropped"]["pixel duplicate"] == 1
+    assert staged["skipped_by_reason"][dicom.DUPLICATE_REASON] == 4  # same SOPInstanceUID: left out by the scan
     with pytest.raises(InputError, match="NOPE"):
         prepare_split(SplitDataConfig(root=shared_data, collections=["tcga-lung-ct"], size=32,
                                       validation_patients=["NOPE"]), tmp_path / "bad", progress=False)

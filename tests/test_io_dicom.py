@@ -1,4 +1,6 @@
 """DICOM reading: generated files for each syntax and bad input, and the real Lung-PET-CT-Dx series."""
+import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +11,8 @@ from pydicom.uid import (ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVR
                          RLELossless, generate_uid)
 
 from mcfast.errors import InputError
-from mcfast.io.dicom import read_ct, read_ct_slice, read_ct_tree, read_mg_dicom, scan_dicom_tree
+from mcfast.io.dicom import (DUPLICATE_REASON, DicomWarning, load_series, read_ct, read_ct_slice, read_ct_tree,
+                             read_mg_dicom, scan_dicom_tree)
 from mcfast.io.windows import HU_MIN, Window
 
 SERIES = generate_uid()
@@ -266,3 +269,94 @@ def test_mg_sigmoid_window_and_inverse_presentation_lut(tmp_path):
     np.testing.assert_allclose(img, 1 / (1 + np.exp(-4 * (raw.astype(float) - 1000) / 2000)), atol=1e-6)
     ds.PresentationLUTShape = "INVERSE"  # MONOCHROME2 shown inverted: low stored values are dense
     np.testing.assert_allclose(read_mg_dicom(save(ds, tmp_path / "i.dcm")).image, 1 - img, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- issue 17: no silent assumptions
+
+
+def test_ct_slice_without_rescale_warns_naming_the_file(tmp_path):
+    raw = stored()
+    ds = make_ds(raw)
+    del ds.RescaleSlope, ds.RescaleIntercept
+    path = save(ds, tmp_path / "norescale.dcm")
+    with pytest.warns(DicomWarning, match=r"norescale\.dcm: no RescaleSlope/RescaleIntercept; stored values read as"):
+        s = read_ct_slice(path)
+    np.testing.assert_array_equal(s.hu, raw.astype(np.float32))  # slope 1, intercept 0, as the warning says
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a slice with its rescale tags reads without a word
+        read_ct_slice(save(make_ds(raw), tmp_path / "ok.dcm"))
+
+
+def test_series_without_rescale_warns_once_naming_its_files(tmp_path):
+    _series(tmp_path / "s", n=3)
+    for f in (tmp_path / "s").iterdir():
+        ds = pydicom.dcmread(f)
+        del ds.RescaleSlope, ds.RescaleIntercept
+        ds.save_as(f)
+    with pytest.warns(DicomWarning) as record:
+        read_ct(tmp_path / "s")
+    assert len(record) == 1
+    assert all(f.name in str(record[0].message) for f in (tmp_path / "s").iterdir())
+
+
+def test_series_holding_every_slice_twice_drops_the_copies(tmp_path):
+    truth = _series(tmp_path / "s")
+    for f in sorted((tmp_path / "s").iterdir()):
+        shutil.copy(f, f.with_name(f.stem + "_copy.dcm"))  # the same SOPInstanceUID twice
+    with pytest.warns(DicomWarning, match=r"5 file\(s\) left out as duplicate slice .*: img00_copy\.dcm \(= img00"):
+        vol = read_ct(tmp_path / "s")
+    assert vol.hu.shape[0] == 5 and vol.spacing == (2.5, 0.7, 0.8)
+    np.testing.assert_array_equal(vol.hu[:, 0, 0], [hu for _, hu in truth])
+    assert not any("_copy" in p.name for p in vol.paths)
+    with pytest.warns(DicomWarning):
+        scan = scan_dicom_tree(tmp_path / "s")
+    assert sorted(p.name for p, why in scan.skipped.items() if why == DUPLICATE_REASON) == \
+        sorted(p.stem + "_copy.dcm" for p in vol.paths)
+
+
+def test_slices_exported_again_under_new_uids_are_duplicates_by_position(tmp_path):
+    _series(tmp_path / "s", n=3)
+    for f in sorted((tmp_path / "s").iterdir()):
+        ds = pydicom.dcmread(f)
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.save_as(f.with_name(f.stem + "_re.dcm"))
+    with pytest.warns(DicomWarning, match=r"3 file\(s\) left out as duplicate slice"):
+        vol = read_ct(tmp_path / "s")
+    assert len(vol) == 3 and vol.spacing[0] == 2.5
+
+
+def test_load_series_never_reports_a_zero_spacing(tmp_path):
+    """Headers that were not scanned (so still hold a duplicate position) are refused, naming both files."""
+    _series(tmp_path / "s", n=2)
+    a, b = sorted((tmp_path / "s").iterdir())
+    ds = pydicom.dcmread(b)
+    ds.ImagePositionPatient = pydicom.dcmread(a, stop_before_pixels=True).ImagePositionPatient
+    ds.save_as(b)
+    headers = [(p, pydicom.dcmread(p, stop_before_pixels=True)) for p in (a, b)]
+    with pytest.raises(InputError, match=r"img0[01]\.dcm: same position as img0[01]\.dcm in series .*, a duplicate"):
+        load_series(SERIES, headers)
+
+
+def test_prepare_writes_no_duplicate_slices(tmp_path):
+    from mcfast.io.datasets import prepare
+
+    _series(tmp_path / "s", n=3)
+    for f in sorted((tmp_path / "s").iterdir()):
+        shutil.copy(f, f.with_name(f.stem + "_copy.dcm"))
+    with pytest.warns(DicomWarning):
+        result = prepare("ct", tmp_path / "s", tmp_path / "out", size=8, progress=False)
+    assert result.items == 3
+
+
+def test_file_cut_after_400_bytes_is_truncated_not_missing_pixels(tmp_path):
+    path = save(make_ds(stored((16, 16))), tmp_path / "full.dcm")
+    data = path.read_bytes()
+    (tmp_path / "cut.dcm").write_bytes(data[:400])
+    with pytest.raises(InputError, match=r"cut\.dcm: truncated DICOM file \(400 bytes"):
+        read_ct(tmp_path / "cut.dcm")
+    # Wherever the file is cut (past the preamble), the line says truncated, never just "no PixelData".
+    for n in range(133, len(data), 3):
+        (tmp_path / "cut.dcm").write_bytes(data[:n])
+        with pytest.raises(InputError) as err:
+            read_ct_slice(tmp_path / "cut.dcm")
+        assert "truncated" in str(err.value), (n, str(err.value))

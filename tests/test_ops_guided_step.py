@@ -9,7 +9,8 @@ from mcfast import ops
 pytestmark = pytest.mark.skipif(not ops.available(), reason="mcfast._C is not built")
 
 from _ops_helpers import packed_args  # noqa: E402
-from mcfast.ops.reference import guided_step_reference, philox_noise  # noqa: E402
+from mcfast.ops.oracle import guided_step_oracle, philox_noise  # noqa: E402
+from mcfast.ops.step import guided_step  # noqa: E402
 
 OP = torch.ops.mcfast.guided_step
 
@@ -18,7 +19,7 @@ OP = torch.ops.mcfast.guided_step
 def test_passed_noise_matches_reference_fp32(learned, clip):
     args = packed_args(learned=learned)
     out = OP(*args, 0, 0, learned, clip)
-    want = guided_step_reference(*args, learned, clip)
+    want = guided_step_oracle(*args, learned, clip)
     torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
 
 
@@ -28,14 +29,14 @@ def test_eight_conditions_per_image_mixed_batch():
     active = ((1, 1, 0, 1, 1, 1, 0, 1), (1, 1, 1, 1, 1, 1, 1, 1), (0, 0, 0, 0, 0, 0, 0, 0))
     args = packed_args(B=3, H=32, W=64, factors=factors, kinds=kinds, active=active)
     out = OP(*args, 0, 0, True, True)
-    torch.testing.assert_close(out, guided_step_reference(*args, True, True), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out, guided_step_oracle(*args, True, True), rtol=1e-5, atol=1e-5)
 
 
 def test_bfloat16_to_its_precision():
     args = packed_args(dtype=torch.bfloat16)
     out = OP(*args, 0, 0, True, True)
     assert out.dtype == torch.bfloat16
-    want = guided_step_reference(*args, True, True)  # float32 math on the same bf16 inputs, rounded once
+    want = guided_step_oracle(*args, True, True)  # float32 math on the same bf16 inputs, rounded once
     torch.testing.assert_close(out.float(), want.float(), rtol=2 ** -7, atol=2 ** -7)
 
 
@@ -44,7 +45,7 @@ def test_in_kernel_noise_matches_reference_with_the_same_streams():
     x = args[0]
     z, ref_noise = philox_noise(11, 4, tuple(x.shape), args[7], args[6], args[8], args[5].numel())
     out = OP(*args, 11, 4, True, False)
-    want = guided_step_reference(*(args[:3] + [z, ref_noise] + args[5:]), True, False)
+    want = guided_step_oracle(*(args[:3] + [z, ref_noise] + args[5:]), True, False)
     torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
     assert torch.equal(out, OP(*args, 11, 4, True, False))       # reproducible
     assert not torch.equal(out, OP(*args, 11, 5, True, False))   # next step: fresh noise
@@ -53,7 +54,7 @@ def test_in_kernel_noise_matches_reference_with_the_same_streams():
 def test_no_conditions_is_the_plain_step():
     args = packed_args(factors=((1,), (1,)), kinds=((0,), (0,)), active=((0,), (0,)))
     out = OP(*args, 0, 0, True, True)
-    torch.testing.assert_close(out, guided_step_reference(*args, True, True), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(out, guided_step_oracle(*args, True, True), rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("noise", [True, False])
@@ -115,13 +116,12 @@ def test_bad_inputs_have_clear_errors(what, msg):
 def test_compile_fullgraph_sampling_step(backend):
     args = packed_args(H=16, W=16, noise=False)
 
-    def step(x, mo, coefs, refs, offs, fac, act, kind, patch, maps, woff):
-        # a plain step and a guided step in one graph, as a sampler loop body would
-        c = coefs.t().contiguous()
-        plain = torch.ops.mcfast.ddpm_step(x, mo[:, :1].contiguous(), torch.zeros_like(x), c[0], c[1], c[2], c[3], c[6],
-                                           True)
-        guided = torch.ops.mcfast.guided_step(x, mo, coefs, None, None, refs, offs, fac, act, kind, patch, maps, woff,
-                                              5, 7, True, True)
+    def step(x, model_out, coefs, refs, offs, fac, act, kind, patch, maps, woff):
+        # a plain step (no active condition) and a guided step in one graph, through the typed wrapper
+        tables = dict(refs=refs, ref_offsets=offs, factors=fac, weight_kind=kind, patch=patch, weight_maps=maps,
+                      weight_offsets=woff, seed=5, offset=7, learned_variance=True, clip=True)
+        plain = guided_step(x_t=x, model_output=model_out, coefs=coefs, active=torch.zeros_like(act), **tables)
+        guided = guided_step(x_t=x, model_output=model_out, coefs=coefs, active=act, **tables)
         return plain * 0.5 + guided * 0.5
 
     inputs = [args[i] for i in (0, 1, 2, 5, 6, 7, 8, 9, 10, 11, 12)]
@@ -142,7 +142,7 @@ def test_cuda_and_triton_match_cpu(noise, dtype):
     want = OP(*args, 9, 2, True, True).float()
     cuda_args = [a.cuda() if isinstance(a, torch.Tensor) else a for a in args]
     tol = 1e-4 if dtype == torch.float32 else 2 ** -7
-    # both ops also take coefs and the (B, M) tables on the host (what try_fused_step passes on CUDA)
+    # both ops also take coefs and the (B, M) tables on the host (what FusedGuidedStep passes on CUDA)
     host_tables = [a if i in (2, 6, 7, 8, 9, 10, 12) else c for i, (a, c) in enumerate(zip(args, cuda_args))]
     for fn in (OP, guided_step_triton):
         for fn_args in (cuda_args, host_tables):
@@ -175,10 +175,10 @@ def test_strips_running_sums_and_patch_boxes_at_the_edges(noise):
     for (b, m), params in boxes.items():
         args[10][b, m] = torch.tensor(params)
     if noise:
-        want = guided_step_reference(*args, True, True)
+        want = guided_step_oracle(*args, True, True)
         out = OP(*args, 0, 0, True, True)
     else:
         z, ref_noise = philox_noise(5, 9, tuple(args[0].shape), args[7], args[6], args[8], args[5].numel())
-        want = guided_step_reference(*(args[:3] + [z, ref_noise] + args[5:]), True, True)
+        want = guided_step_oracle(*(args[:3] + [z, ref_noise] + args[5:]), True, True)
         out = OP(*args, 5, 9, True, True)
     torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)

@@ -163,6 +163,13 @@ def test_torchrun_splits_items_and_merges_one_coco(tmp_path, ct_run):
     assert ranks == [0, 1, 0]
     coco = read_coco(out / "coco.json")
     assert sorted(img["id"] for img in coco["images"]) == [1, 2, 3]
+    # World size 2 makes the same images as one process (each item's seeds are its own).
+    single = subprocess.run(cmd[:1] + cmd[5:-3] + ["--out", str(tmp_path / "single"), "--no-progress"],
+                            capture_output=True, text=True, timeout=300, env=env)
+    assert single.returncode == 0, single.stderr[-2000:]
+    for i in range(3):
+        a, b = (np.load(folder / f"{i:06d}" / "image.npy") for folder in (out, tmp_path / "single"))
+        assert np.array_equal(a, b), i
 
 
 def test_prepared_folder_anatomy_draws_only_chest_slices(tmp_path):

@@ -10,6 +10,7 @@ from mcfast.errors import InputError
 from mcfast.models.unet import UNetModel
 from mcfast.train.data import ImageFolderDataset, load_image
 from mcfast.train.trainer import TrainConfig, Trainer, global_batch_indices
+from mcfast.train.checkpoint import checkpoint_dir, weights_file
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -94,10 +95,10 @@ def test_resume_reproduces_uninterrupted_loss_curve(tmp_path):
 def test_existing_run_is_not_overwritten(tmp_path):
     data = ImageFolderDataset(write_images(tmp_path / "data"))
     make_trainer(tmp_path, data, max_steps=1, save_every=1).train()
-    before = (tmp_path / "run" / "model.safetensors").read_bytes()
+    before = weights_file(tmp_path / "run").read_bytes()
     with pytest.raises(InputError, match="already holds a run"):
         make_trainer(tmp_path, data, max_steps=2)
-    assert (tmp_path / "run" / "model.safetensors").read_bytes() == before
+    assert weights_file(tmp_path / "run").read_bytes() == before
 
 
 def test_sample_grid_written(tmp_path):
@@ -142,12 +143,12 @@ def test_cli_train_resume_and_deterministic_sample(tmp_path):
               "--attention-resolutions", "8", "--num-heads", "2", "--diffusion-steps", "50", "--no-progress"]
     assert _cli(["train", "--data", data, "--out", run, "--max-steps", 2, "--save-every", 1, "--batch-size", 2,
                  "--sample-every", 0, "--log-every", 1] + common) == 0
-    config = json.loads((run / "config.json").read_text())
+    config = json.loads((checkpoint_dir(run) / "config.json").read_text())
     assert config["step"] == 2 and config["model"]["attention_resolutions"] == [2]
     with pytest.raises(InputError, match="already holds a run"):
         _cli(["train", "--data", data, "--out", run, "--max-steps", 3] + common)
     assert _cli(["train", "--out", run, "--resume", "--max-steps", 3, "--no-progress"]) == 0
-    assert json.loads((run / "config.json").read_text())["step"] == 3
+    assert json.loads((checkpoint_dir(run) / "config.json").read_text())["step"] == 3
     for name in ("a", "b"):
         assert _cli(["sample", "--ckpt", run, "--out", tmp_path / name, "--n", 3, "--steps", 5, "--batch-size", 2,
                      "--sampler", "ddim", "--seed", 7, "--no-progress"]) == 0

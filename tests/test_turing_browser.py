@@ -103,19 +103,20 @@ def test_reader_in_chromium_survives_restart(tmp_path):
     real, fake = make_ct_inputs(tmp_path)
     study = tmp_path / "study"
     create_study(study, real, fake, n=N_IMAGES, seed=11, size=128, modality="ct", progress=False)
+    codes = {reader.name: code for reader, code in open_study(study).invite(["Reader One", "Reader Two"])}
     images = {im.image_id: im for im in open_study(study).images()}
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
     server = Server(study, port, tmp_path / "server.log")
     server.start()
     try:
-        given = run_readers(server, url, images, tmp_path)
+        given = run_readers(server, url, images, codes, tmp_path)
     finally:
         server.kill()
     check_store_and_report(study, images, given, tmp_path)
 
 
-def run_readers(server: Server, url: str, images: dict, tmp_path: Path) -> list[tuple[str, str, int]]:
+def run_readers(server: Server, url: str, images: dict, codes: dict, tmp_path: Path) -> list[tuple[str, str, int]]:
     """Reader One in Chromium (with a server crash midway), Reader Two over HTTP; returns Reader One's answers."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as EC
@@ -149,10 +150,16 @@ def run_readers(server: Server, url: str, images: dict, tmp_path: Path) -> list[
         given.append((image_id, label, confidence))
 
     try:
-        driver.get(url)
-        wait.until(EC.visibility_of_element_located((By.ID, "name"))).send_keys("Reader One")
+        # A link with a wrong code: refused with a message, and the code is wiped from the address bar.
+        driver.get(f"{url}#code=WRONG-CODE")
+        wait.until(lambda d: "unknown reader code" in d.find_element(By.ID, "login-error").text)
+        assert "code=" not in driver.current_url
+        # The code typed by hand, lower case and without dashes, signs Reader One in.
+        typed = codes["Reader One"].replace("-", "").lower()
+        wait.until(EC.visibility_of_element_located((By.ID, "code"))).send_keys(typed)
         driver.find_element(By.ID, "start").click()
         current_image()
+        assert driver.find_element(By.ID, "reader").text == "Reader One"
         driver.find_element(By.ID, "zoom-in").click()
         assert driver.find_element(By.ID, "zoom-level").text == "125%"
         driver.find_element(By.ID, "zoom-fit").click()
@@ -187,15 +194,24 @@ def run_readers(server: Server, url: str, images: dict, tmp_path: Path) -> list[
             given.append((image_id, label, confidence))
         wait.until(EC.visibility_of_element_located((By.ID, "done")))
         assert f"All {N_IMAGES} images" in driver.find_element(By.ID, "done-text").text
+        # Reader Two's link opened in the same tab (only the fragment changes, no reload) switches reader.
+        driver.get(f"{url}#code={codes['Reader Two']}")
+        wait.until(lambda d: d.find_element(By.ID, "reader").text == "Reader Two")
+        current_image()
+        assert "code=" not in driver.current_url
     finally:
         driver.quit()
 
-    # A second reader through plain HTTP on the same (real uvicorn) server: says the opposite of reader one.
+    # The second reader through plain HTTP on the same (real uvicorn) server: says the opposite of reader one.
     with httpx.Client(base_url=url, timeout=10) as client:
-        state = client.post("/api/session", json={"name": "Reader Two"}).json()
+        assert client.post("/api/session", json={"name": "Reader Two"}).status_code == 422   # no name sign-in
+        assert client.get("/healthz", headers={"host": f"rebound.example:{server.port}"}).status_code == 421
+        state = client.post("/api/session", json={"code": codes["Reader Two"]}).json()
         image = client.get(f"/api/image/{state['image_id']}")
         assert image.status_code == 200
         assert not {"server", "date", "last-modified", "etag"} & set(image.headers)
+        lengths = {len(client.get(f"/api/image/{i}").content) for i in images}       # the real server too
+        assert lengths == {int(image.headers["content-length"])}
         for image_id, label, _ in given:
             assert state["image_id"] == image_id                      # one shared order for all readers
             opposite = "synthetic" if label == "real" else "real"

@@ -1,6 +1,7 @@
 """Turing report and CLI: the numbers match the answers given; the HTML is self-contained and escaped."""
 import argparse
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +40,7 @@ def test_report_numbers_match_answers(study, tmp_path):
     a_answers = ["real", "real", "real", "synthetic", "synthetic", "synthetic"]
     b_answers = ["real", "real", "synthetic", "synthetic", "synthetic", "real"]
     for name, given in (("A", a_answers), ("B", b_answers), ("<b>Eve</b>", a_answers[:2])):
-        reader = store.reader_for_name(name)
+        reader, _ = store.invite([name])[0]
         for k, (im, answer) in enumerate(zip(images, given)):
             store.record_answer(reader.reader_id, im.image_id, answer, 1 + k % 5)
 
@@ -90,3 +91,53 @@ def test_cli_errors_are_one_line(tmp_path, study):
         cli("serve", "--study", str(study), "--n", "8", "--port", "1")
     with pytest.raises(SystemExit):
         cli("create", "--study", str(tmp_path / "x"))          # --real / --synthetic are required
+    with pytest.raises(InputError, match="--allow-host 'http://lab'"):
+        cli("serve", "--study", str(study), "--allow-host", "http://lab")
+    with pytest.raises(InputError, match="--url 'ftp://x'"):
+        cli("invite", "--study", str(study), "Ann", "--url", "ftp://x")
+    with pytest.raises(InputError, match="given twice"):
+        cli("create", "--study", str(tmp_path / "y"), "--real", str(tmp_path / "real"), "--synthetic",
+            str(tmp_path / "fake"), "--n", "2", "--reader", "Ann", "--reader", "ANN")
+    assert not (tmp_path / "y").exists()                      # refused before anything was made
+    (tmp_path / "rgb").mkdir()
+    Image.new("RGB", (8, 8), (255, 0, 0)).save(tmp_path / "rgb" / "red.png")
+    with pytest.raises(InputError, match=r"red\.png: RGB colour image") as info:
+        cli("create", "--study", str(tmp_path / "z"), "--real", str(tmp_path / "real"), "--synthetic",
+            str(tmp_path / "rgb"), "--n", "2")
+    assert "\n" not in str(info.value) and not (tmp_path / "z" / "study.sqlite3").exists()
+
+
+def printed_codes(text: str) -> dict[str, str]:
+    """{name: code} from `invite` output, checking each link carries the same code."""
+    codes = {}
+    for line in text.splitlines():
+        match = re.fullmatch(r"(.+): code (\S+)  link (\S+)#code=(\S+)", line)
+        if match:
+            assert match.group(2) == match.group(4)
+            codes[match.group(1)] = match.group(2)
+    return codes
+
+
+def test_cli_invite_prints_codes_that_sign_in(study, tmp_path, capsys):
+    from fastapi.testclient import TestClient
+
+    from mcfast.evaluate.turing.app import create_app
+
+    capsys.readouterr()
+    assert cli("invite", "--study", str(study), "Ann", " Bob ", "--url", "http://10.1.2.3:8080") == 0
+    out = capsys.readouterr().out
+    codes = printed_codes(out)
+    assert set(codes) == {"Ann", "Bob"} and "http://10.1.2.3:8080/#code=" in out
+    assert all(re.fullmatch(r"([A-HJKMNP-Z2-9]{5}-){3}[A-HJKMNP-Z2-9]{5}", c) for c in codes.values())
+    client = TestClient(create_app(study, host="10.1.2.3", port=8080), base_url="http://10.1.2.3:8080")
+    assert client.post("/api/session", json={"code": codes["Bob"]}).json()["reader"] == "Bob"
+    with pytest.raises(InputError, match="already has a code"):
+        cli("invite", "--study", str(study), "Ann")
+    assert cli("invite", "--study", str(study), "--renew", "Ann") == 0
+    renewed = printed_codes(capsys.readouterr().out)["Ann"]
+    assert client.post("/api/session", json={"code": codes["Ann"]}).status_code == 401
+    assert client.post("/api/session", json={"code": renewed}).json()["reader"] == "Ann"
+
+    assert cli("create", "--study", str(tmp_path / "s2"), "--real", str(tmp_path / "real"), "--synthetic",
+               str(tmp_path / "fake"), "--n", "2", "--size", "16", "--reader", "Cy") == 0
+    assert set(printed_codes(capsys.readouterr().out)) == {"Cy"}

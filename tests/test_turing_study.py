@@ -1,4 +1,5 @@
-"""Turing study creation: selection, balance, determinism, rendering and metadata stripping."""
+"""Turing study creation: selection, balance, determinism, rendering, fixed-size encoding, colour refused."""
+import io
 import sqlite3
 from pathlib import Path
 
@@ -156,8 +157,60 @@ def test_bad_inputs_name_the_problem(tmp_path):
     with pytest.raises(InputError, match="broken.dcm"):
         render.load_display(fake / "broken.dcm", "ct", "lung")
     (fake / "broken.png").write_bytes(b"not a png")
-    with pytest.raises(InputError, match="broken.png: cannot read PNG"):
+    with pytest.raises(InputError, match="broken.png: not an image file"):
         render.load_display(fake / "broken.png", "ct", None)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "P", "LA"])
+def test_colour_pngs_are_refused_and_nothing_is_left(tmp_path, mode):
+    real, fake = make_inputs(tmp_path, n_real=3, n_fake=3)
+    rng = np.random.default_rng(0)
+    colour = (rng.random((20, 20, 3)) * 255).astype(np.uint8)
+    if mode == "LA":  # gray, but with real transparency
+        img = Image.fromarray(np.dstack([colour[..., 0], colour[..., 1]]), "LA")
+    else:
+        img = Image.fromarray(colour).convert(mode)
+    img.save(fake / "FAKE_1.png")
+    with pytest.raises(InputError, match=r"FAKE_1\.png: .*(colour|palette|transparency)") as info:
+        create_study(tmp_path / "s", real, fake, n=6, seed=0, size=16, progress=False)
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "s" / "study.sqlite3").exists()
+    assert list((tmp_path / "s").iterdir()) == []          # no images/, no staging folder
+    # A grayscale picture that happens to be saved as RGB is still grayscale, as everywhere in mcfast.
+    gray = colour[..., 0]
+    Image.fromarray(np.dstack([gray] * 3)).save(fake / "FAKE_1.png")
+    store = create_study(tmp_path / "s", real, fake, n=6, seed=0, size=16, progress=False)
+    assert store.total() == 6
+
+
+def test_images_dir_is_never_clobbered_and_stale_staging_is_cleaned(tmp_path):
+    real, fake = make_inputs(tmp_path)
+    (tmp_path / "s" / "images").mkdir(parents=True)
+    (tmp_path / "s" / "images" / "mine.png").write_bytes(b"user data")
+    with pytest.raises(InputError, match="images: already exists but no study is here"):
+        create_study(tmp_path / "s", real, fake, n=4, progress=False)
+    assert (tmp_path / "s" / "images" / "mine.png").read_bytes() == b"user data"
+    (tmp_path / "t" / ".images.abcd_123").mkdir(parents=True)   # left by a create killed midway
+    (tmp_path / "t" / ".images.abcd_123" / "x.png").write_bytes(b"half")
+    (tmp_path / "t" / ".images.keep").mkdir()                  # not a name mkdtemp makes: not ours
+    create_study(tmp_path / "t", real, fake, n=4, progress=False)
+    assert sorted(p.name for p in (tmp_path / "t").iterdir()) == [".images.keep", "images", "study.sqlite3"]
+
+
+def test_stored_png_has_one_length_whatever_the_pixels():
+    rng = np.random.default_rng(0)
+    # 255 x 257 raw bytes fill exactly one stored deflate block; 256 x 257 need two.
+    for shape in [(1, 1), (16, 16), (255, 256), (256, 256), (300, 700)]:
+        lengths = set()
+        for pixels in (np.zeros(shape, np.uint8), np.full(shape, 255, np.uint8),
+                       (rng.random(shape) * 255).astype(np.uint8)):
+            data = render.encode_png(pixels)
+            lengths.add(len(data))
+            assert render.png_chunk_types(data) == ["IHDR", "IDAT", "IEND"]
+            with Image.open(io.BytesIO(data)) as img:                 # a standard PNG decoder reads it back
+                assert img.mode == "L" and img.size == shape[::-1]
+                np.testing.assert_array_equal(np.asarray(img), pixels)
+        assert lengths == {render.stored_png_length(*shape)}
 
 
 def test_mixed_display_formats_are_refused(tmp_path):

@@ -1,4 +1,4 @@
-// CUDA kernels of the mcfast ops: ddpm_step, guided_step (one CTA per tile), philox_normal_, philox_bits_.
+// CUDA kernels of the mcfast ops: guided_step (one CTA per tile), philox_normal_, philox_bits_.
 // Everything runs on the current stream of the input's device.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
@@ -20,49 +20,6 @@ constexpr int kThreads = 256;
 constexpr int64_t kMaxTile = 64;  // 3 R² floats of shared memory at most: 48 KB at R = 64
 
 inline int64_t blocks_for(int64_t n) { return std::min<int64_t>((n + kThreads - 1) / kThreads, 65535 * 8); }
-
-// ---- ddpm_step -----------------------------------------------------------------------------------------------
-template <typename T>
-__global__ void ddpm_step_kernel(const T* __restrict__ x, const T* __restrict__ e, const T* __restrict__ z,
-                                 T* __restrict__ out, int64_t total, int64_t per_image, const float* __restrict__ c1,
-                                 const float* __restrict__ c2, const float* __restrict__ m1,
-                                 const float* __restrict__ m2, const float* __restrict__ sg, bool clip) {
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t b = i / per_image;
-    const float xt = static_cast<float>(x[i]);
-    float x0 = c1[b] * xt - c2[b] * static_cast<float>(e[i]);
-    if (clip) x0 = fminf(1.0f, fmaxf(-1.0f, x0));
-    out[i] = static_cast<T>(m1[b] * x0 + m2[b] * xt + sg[b] * static_cast<float>(z[i]));
-  }
-}
-
-at::Tensor ddpm_step_cuda(const at::Tensor& x_t, const at::Tensor& eps, const at::Tensor& noise, const at::Tensor& c1,
-                          const at::Tensor& c2, const at::Tensor& m1, const at::Tensor& m2, const at::Tensor& sigma,
-                          bool clip) {
-  check_ddpm_step(x_t, eps, noise,
-                  {{&c1, "coef_x0_from_xt"}, {&c2, "coef_x0_from_eps"}, {&m1, "coef_mean_x0"},
-                   {&m2, "coef_mean_xt"}, {&sigma, "sigma"}});
-  const c10::cuda::CUDAGuard guard(x_t.device());
-  at::Tensor out = at::empty_like(x_t);
-  const int64_t total = x_t.numel();
-  if (total == 0) return out;
-  const int64_t per_image = total / x_t.size(0);
-  auto stream = c10::cuda::getCurrentCUDAStream();
-  if (x_t.scalar_type() == at::kFloat) {
-    ddpm_step_kernel<float><<<blocks_for(total), kThreads, 0, stream>>>(
-        x_t.data_ptr<float>(), eps.data_ptr<float>(), noise.data_ptr<float>(), out.data_ptr<float>(), total,
-        per_image, c1.data_ptr<float>(), c2.data_ptr<float>(), m1.data_ptr<float>(), m2.data_ptr<float>(),
-        sigma.data_ptr<float>(), clip);
-  } else {
-    ddpm_step_kernel<at::BFloat16><<<blocks_for(total), kThreads, 0, stream>>>(
-        x_t.data_ptr<at::BFloat16>(), eps.data_ptr<at::BFloat16>(), noise.data_ptr<at::BFloat16>(),
-        out.data_ptr<at::BFloat16>(), total, per_image, c1.data_ptr<float>(), c2.data_ptr<float>(),
-        m1.data_ptr<float>(), m2.data_ptr<float>(), sigma.data_ptr<float>(), clip);
-  }
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return out;
-}
 
 // ---- generator ops -------------------------------------------------------------------------------------------
 __global__ void philox_normal_kernel(float* out, int64_t n, uint64_t seed, uint64_t offset, uint64_t stream,
@@ -286,7 +243,6 @@ at::Tensor guided_step_cuda(const at::Tensor& x_t, const at::Tensor& model_outpu
 }  // namespace
 
 TORCH_LIBRARY_IMPL(mcfast, CUDA, m) {
-  m.impl("ddpm_step", &ddpm_step_cuda);
   m.impl("guided_step", &guided_step_cuda);
   m.impl("philox_normal_", &philox_normal_cuda);
   m.impl("philox_bits_", &philox_bits_cuda);

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from mcfast.anatomy.phantom import _check_size, _fill, closed_bspline, correlated_noise
+from mcfast.anatomy.geometry import check_size, closed_bspline, correlated_noise, fill_curve
 
 BACKGROUND = 0.02
 
@@ -47,7 +47,7 @@ def breast_phantom_labels(size: int = 256, seed: int = 0) -> tuple[np.ndarray, d
     Chest wall on the left, nipple pointing right, pectoral muscle in the upper-left corner.
     Deterministic per ``seed``.
     """
-    size = _check_size(size)
+    size = check_size(size)
     rng = np.random.default_rng(seed)
     geo = np.random.default_rng(rng.integers(2**63))
     tex = np.random.default_rng(rng.integers(2**63))
@@ -64,7 +64,7 @@ def breast_phantom_labels(size: int = 256, seed: int = 0) -> tuple[np.ndarray, d
         (0.5 * (nip_u - 0.4), 0.5 * (nip_v + bot_v) + 0.15 + sag), (-0.6, bot_v), (-1.3, bot_v + 0.05), (-1.6, 0.0),
     ])
     ctrl[2:9] += geo.normal(0, 0.03, (7, 2))
-    breast = _fill(closed_bspline(ctrl), size)
+    breast = fill_curve(closed_bspline(ctrl), size)
 
     coords = (np.arange(size, dtype=np.float32) + 0.5) / size * 2 - 1
     u, v = coords[None, :], coords[:, None]

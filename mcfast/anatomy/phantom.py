@@ -10,14 +10,16 @@ about -100), a muscle ring (about 40), the thoracic cavity (mediastinal fat) hol
 (about 40), the descending aorta, the spine (cortical shell ~900, cancellous ~400) and ribs.
 CT-like correlated noise is added last.
 
-``breast_phantom`` lives in :mod:`mcfast.anatomy.breast_phantom`; it is re-exported here lazily
-(see ``__getattr__``) because the architecture notes list both generators under ``phantom``.
+``breast_phantom`` lives in :mod:`mcfast.anatomy.breast_phantom`; the curve, rasterisation and noise
+helpers both use are in :mod:`mcfast.anatomy.geometry`.
 """
 from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage
 
+from mcfast.anatomy.geometry import (MAX_SIZE, MIN_SIZE, check_size, closed_bspline,  # noqa: F401
+                                     correlated_noise, ellipse_ctrl, fill_curve)
 from mcfast.errors import InputError
 
 AIR_HU = -1000.0
@@ -29,8 +31,6 @@ VESSEL_HU = 35.0
 CANCELLOUS_BONE_HU = 400.0
 CORTICAL_BONE_HU = 900.0
 RIB_HU = 700.0
-MIN_SIZE = 16
-MAX_SIZE = 4096
 
 # Right lung (image left) template in thoracic-cavity units: the cavity is the unit disc.
 # Lateral border follows the ribs, the medial border is concave around the mediastinum and
@@ -44,77 +44,6 @@ _LEFT_LUNG = np.array([
     (0.25, -0.80), (0.45, -0.80), (0.72, -0.56), (0.89, -0.20), (0.90, 0.15),
     (0.79, 0.50), (0.56, 0.76), (0.30, 0.82), (0.19, 0.58), (0.35, 0.22), (0.40, -0.30),
 ])
-
-
-def closed_bspline(ctrl: np.ndarray, samples_per_segment: int = 16) -> np.ndarray:
-    """Points on the closed uniform cubic B-spline through control polygon ``ctrl`` (N, 2).
-
-    Own implementation (no splprep) because it is exact, fast and has no fitting tolerance.
-    """
-    ctrl = np.asarray(ctrl, dtype=np.float64)
-    t = np.linspace(0.0, 1.0, samples_per_segment, endpoint=False)
-    basis = np.stack([(1 - t) ** 3, 3 * t**3 - 6 * t**2 + 4, -3 * t**3 + 3 * t**2 + 3 * t + 1, t**3], axis=1) / 6.0
-    idx = (np.arange(len(ctrl))[:, None] + np.arange(-1, 3)[None, :]) % len(ctrl)  # (N, 4)
-    pts = np.einsum("sk,nkd->nsd", basis, ctrl[idx])
-    return pts.reshape(-1, 2)
-
-
-def _fill(curve_uv: np.ndarray, size: int) -> np.ndarray:
-    """Rasterise a closed curve given in normalised coordinates (u=column, v=row in [-1, 1]).
-
-    Vectorised even-odd scanline fill inside the curve's bounding box: a pixel centre is inside
-    when an odd number of edges cross its row to the left of it (same pixels as skimage's
-    polygon, without its O(area x vertices) cost).
-    """
-    out = np.zeros((size, size), dtype=bool)
-    x = (curve_uv[:, 0] + 1.0) * 0.5 * size - 0.5
-    y = (curve_uv[:, 1] + 1.0) * 0.5 * size - 0.5
-    r_lo, r_hi = max(0, int(np.ceil(y.min()))), min(size, int(np.ceil(y.max())))
-    c_lo, c_hi = max(0, int(np.ceil(x.min()))), min(size, int(np.ceil(x.max())))
-    if r_lo >= r_hi or c_lo >= c_hi:
-        return out
-    x0, y0, x1, y1 = x, y, np.roll(x, -1), np.roll(y, -1)
-    lo, hi = np.minimum(y0, y1), np.maximum(y0, y1)
-    r_start = np.clip(np.ceil(lo), r_lo, r_hi).astype(np.int64)  # rows r with lo <= r < hi (half-open)
-    r_stop = np.clip(np.ceil(hi), r_lo, r_hi).astype(np.int64)
-    counts = np.maximum(r_stop - r_start, 0)
-    if counts.sum() == 0:
-        return out
-    width = c_hi - c_lo
-    toggles = np.zeros((r_hi - r_lo, width + 1), dtype=np.int8)
-    edge = np.repeat(np.arange(len(x)), counts)
-    rows = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts) + r_start[edge]
-    xs = x0[edge] + (rows - y0[edge]) * (x1[edge] - x0[edge]) / (y1[edge] - y0[edge])
-    cols = np.clip(np.ceil(xs), c_lo, c_hi).astype(np.int64) - c_lo
-    np.add.at(toggles, (rows - r_lo, cols), 1)
-    out[r_lo:r_hi, c_lo:c_hi] = (np.cumsum(toggles[:, :width], axis=1, dtype=np.int16) & 1).astype(bool)
-    return out
-
-
-def _ellipse_ctrl(rng: np.random.Generator, n: int, cx: float, cy: float, a: float, b: float,
-                  jitter: float, angle: float = 0.0) -> np.ndarray:
-    theta = np.linspace(0, 2 * np.pi, n, endpoint=False) + rng.uniform(0, 2 * np.pi / n)
-    r = 1.0 + rng.uniform(-jitter, jitter, n)
-    x, y = a * r * np.cos(theta), b * r * np.sin(theta)
-    ca, sa = np.cos(angle), np.sin(angle)
-    return np.stack([cx + ca * x - sa * y, cy + sa * x + ca * y], axis=1)
-
-
-def correlated_noise(shape: tuple[int, int], rng: np.random.Generator, sigma: float,
-                     std: float = 1.0, bandpass: bool = False) -> np.ndarray:
-    """Gaussian-correlated noise with standard deviation ``std`` (bandpass mimics CT's ramp-filtered noise)."""
-    white = rng.standard_normal(shape).astype(np.float32)
-    noise = ndimage.gaussian_filter(white, sigma, mode="wrap")
-    if bandpass:  # remove the low frequencies that CT reconstruction suppresses
-        noise = noise - 0.6 * ndimage.gaussian_filter(white, 3.0 * sigma, mode="wrap")
-    s = float(noise.std())
-    return noise * (std / s) if s > 0 else noise
-
-
-def _check_size(size: int) -> int:
-    if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or not MIN_SIZE <= size <= MAX_SIZE:
-        raise InputError(f"phantom size {size!r} must be an integer in [{MIN_SIZE}, {MAX_SIZE}]")
-    return int(size)
 
 
 def _stamp_discs(field: np.ndarray, discs: list[tuple[float, float, float, float]]) -> None:
@@ -190,7 +119,7 @@ def lung_phantom_labels(size: int = 256, seed: int = 0, heart: bool = True, spin
     ``bone``, ``fat`` (subcutaneous), ``muscle`` (chest-wall ring), ``air`` (outside body and table).
     Deterministic per ``seed``; the same seed gives the same anatomy at every ``size``.
     """
-    size = _check_size(size)
+    size = check_size(size)
     if not np.isfinite(noise_hu) or noise_hu < 0:
         raise InputError(f"noise_hu {noise_hu!r} must be a finite number >= 0")
     rng = np.random.default_rng(seed)
@@ -203,7 +132,7 @@ def lung_phantom_labels(size: int = 256, seed: int = 0, heart: bool = True, spin
     # ---- geometry in normalised coordinates (u = column, v = row, both in [-1, 1]) ----
     cx, cy = geo.uniform(-0.02, 0.02), geo.uniform(0.0, 0.06)
     a_body, b_body = geo.uniform(0.80, 0.88), geo.uniform(0.52, 0.60)
-    body_ctrl = _ellipse_ctrl(geo, 16, 0.0, 0.0, a_body, b_body, 0.025)
+    body_ctrl = ellipse_ctrl(geo, 16, 0.0, 0.0, a_body, b_body, 0.025)
     post = body_ctrl[:, 1] > 0  # flatter back (the patient lies on it) and a flatter front
     body_ctrl[post, 1] = b_body * (body_ctrl[post, 1] / b_body) ** 0.75
     body_ctrl[~post, 1] = -b_body * (-body_ctrl[~post, 1] / b_body) ** 0.9
@@ -230,10 +159,10 @@ def lung_phantom_labels(size: int = 256, seed: int = 0, heart: bool = True, spin
     spine_pq = np.array([geo.uniform(-0.02, 0.02), geo.uniform(0.70, 0.78)])
 
     # ---- rasterise ----
-    body = _fill(closed_bspline(body_ctrl), size)
-    muscle_in = _fill(closed_bspline(muscle_ctrl), size)
-    cavity = _fill(closed_bspline(cavity_ctrl), size)
-    lung_parts = [_fill(closed_bspline(cavity_to_uv(pq)), size) & cavity for pq in lungs_pq]
+    body = fill_curve(closed_bspline(body_ctrl), size)
+    muscle_in = fill_curve(closed_bspline(muscle_ctrl), size)
+    cavity = fill_curve(closed_bspline(cavity_ctrl), size)
+    lung_parts = [fill_curve(closed_bspline(cavity_to_uv(pq)), size) & cavity for pq in lungs_pq]
 
     hu = np.full((size, size), AIR_HU, dtype=np.float32)
     hu[body] = FAT_HU
@@ -247,35 +176,35 @@ def lung_phantom_labels(size: int = 256, seed: int = 0, heart: bool = True, spin
     # every random draw happens whether or not an organ is enabled, so that switching one off leaves
     # the rest of the anatomy of a seed unchanged
     heart_uv = cavity_to_uv(heart_pq[None])[0]
-    heart_ctrl = _ellipse_ctrl(geo, 10, heart_uv[0], heart_uv[1], heart_ab[0] * cav_a, heart_ab[1] * cav_b,
+    heart_ctrl = ellipse_ctrl(geo, 10, heart_uv[0], heart_uv[1], heart_ab[0] * cav_a, heart_ab[1] * cav_b,
                                0.06, angle=geo.uniform(-0.5, -0.2))
     aorta_uv = cavity_to_uv(np.array([[geo.uniform(0.16, 0.24), geo.uniform(0.50, 0.58)]]))[0]
-    aorta_ctrl = _ellipse_ctrl(geo, 8, *aorta_uv, 0.07 * cav_a, 0.1 * cav_b, 0.03)
+    aorta_ctrl = ellipse_ctrl(geo, 8, *aorta_uv, 0.07 * cav_a, 0.1 * cav_b, 0.03)
     s_uv = cavity_to_uv(spine_pq[None])[0]
     rad = geo.uniform(0.075, 0.09) * a_body / 0.84
-    vertebra_ctrl = _ellipse_ctrl(geo, 10, s_uv[0], s_uv[1], rad * 1.1, rad, 0.03)
-    canal_ctrl = _ellipse_ctrl(geo, 8, s_uv[0], s_uv[1] + 1.45 * rad, 0.45 * rad, 0.4 * rad, 0.02)
+    vertebra_ctrl = ellipse_ctrl(geo, 10, s_uv[0], s_uv[1], rad * 1.1, rad, 0.03)
+    canal_ctrl = ellipse_ctrl(geo, 8, s_uv[0], s_uv[1] + 1.45 * rad, 0.45 * rad, 0.4 * rad, 0.02)
 
     occupied = np.zeros((size, size), dtype=bool)
     heart_mask = np.zeros((size, size), dtype=bool)
     if heart:
-        heart_mask = _fill(closed_bspline(heart_ctrl), size) & cavity
+        heart_mask = fill_curve(closed_bspline(heart_ctrl), size) & cavity
         hu[heart_mask] = HEART_HU
         occupied |= ndimage.binary_dilation(heart_mask, iterations=max(1, size // 128))
     # descending aorta, left-anterior of the spine
-    aorta = _fill(closed_bspline(aorta_ctrl), size)
+    aorta = fill_curve(closed_bspline(aorta_ctrl), size)
     hu[aorta] = SOFT_TISSUE_HU
     occupied |= aorta
 
     bone = np.zeros((size, size), dtype=bool)
     if spine:
-        body_v = _fill(closed_bspline(vertebra_ctrl), size)
+        body_v = fill_curve(closed_bspline(vertebra_ctrl), size)
         cortex = body_v & ~ndimage.binary_erosion(body_v, iterations=max(1, size // 128))
         # posterior arch and spinous process reach into the back muscles
         arch_ctrl = np.array([[s_uv[0] - 1.1 * rad, s_uv[1] + 0.8 * rad], [s_uv[0] + 1.1 * rad, s_uv[1] + 0.8 * rad],
                               [s_uv[0] + 0.15 * rad, s_uv[1] + 3.2 * rad], [s_uv[0] - 0.15 * rad, s_uv[1] + 3.2 * rad]])
-        arch = _fill(closed_bspline(arch_ctrl), size) & body & ~body_v
-        canal = _fill(closed_bspline(canal_ctrl), size)
+        arch = fill_curve(closed_bspline(arch_ctrl), size) & body & ~body_v
+        canal = fill_curve(closed_bspline(canal_ctrl), size)
         hu[body_v] = CANCELLOUS_BONE_HU
         hu[cortex | arch] = CORTICAL_BONE_HU
         hu[canal] = 20.0
@@ -290,12 +219,12 @@ def lung_phantom_labels(size: int = 256, seed: int = 0, heart: bool = True, spin
             if q < -0.6:  # no ribs in the anterior cartilage region
                 continue
             ruv = np.array([cx + (cav_a + 0.35 * muscle) * p, cy + (cav_b + 0.35 * muscle) * q])
-            rib_ctrl = _ellipse_ctrl(geo, 6, *ruv, 0.026, 0.014, 0.1, angle=ang + np.pi / 2)
-            rib = _fill(closed_bspline(rib_ctrl), size) & body
+            rib_ctrl = ellipse_ctrl(geo, 6, *ruv, 0.026, 0.014, 0.1, angle=ang + np.pi / 2)
+            rib = fill_curve(closed_bspline(rib_ctrl), size) & body
             hu[rib] = RIB_HU
             bone |= rib
     # sternum
-    st = _fill(closed_bspline(_ellipse_ctrl(geo, 6, cx, cy - cav_b - 0.4 * muscle, 0.05, 0.02, 0.1)), size) & body
+    st = fill_curve(closed_bspline(ellipse_ctrl(geo, 6, cx, cy - cav_b - 0.4 * muscle, 0.05, 0.02, 0.1)), size) & body
     hu[st] = CORTICAL_BONE_HU - 300
     bone |= st
 
@@ -366,10 +295,3 @@ def lung_phantom(size: int = 256, seed: int = 0, heart: bool = True, spine: bool
                  noise_hu: float = 20.0, table: bool = True) -> np.ndarray:
     """Axial chest CT phantom, float32 HU array (size, size); see :func:`lung_phantom_with_masks`."""
     return lung_phantom_labels(size, seed, heart, spine, vessels, noise_hu, table)[0]
-
-
-def __getattr__(name: str):
-    if name == "breast_phantom":  # lazy: breast_phantom imports helpers from this module
-        from mcfast.anatomy.breast_phantom import breast_phantom
-        return breast_phantom
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

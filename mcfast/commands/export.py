@@ -5,6 +5,7 @@ import argparse
 import json
 from pathlib import Path
 
+from mcfast.commands.common import one_line_errors, positive_int
 from mcfast.export import OPS_CHOICES
 
 
@@ -27,14 +28,27 @@ def register(subparsers) -> None:
     p.add_argument("--ops", choices=OPS_CHOICES, default="auto",
                    help="call torch.ops.mcfast.guided_step in the exported loop: auto (when the library is built), "
                         "require, or off (plain PyTorch steps)")
-    p.add_argument("--batch-size", type=int, default=1, help="pt2 only: batch size the package is compiled for")
+    p.add_argument("--batch-size", type=positive_int, default=1, help="pt2 only: batch size the package is compiled for")
     p.add_argument("--slots", type=int, default=1, help="pt2 only: condition slots per image the package takes")
     p.set_defaults(func=run)
+    one_line_errors(p)
 
 
 def run(args: argparse.Namespace) -> int:
+    from mcfast.errors import InputError
     from mcfast.export.build import export_pt2, export_torchscript
+    from mcfast.io.paths import check_out_file, os_error_line
 
+    check_out_file(args.out)  # before the model is loaded, scripted or compiled
+    if args.format == "pt2":
+        check_out_file(Path(str(args.out) + ".json"))
+    try:
+        return _export(args, export_pt2, export_torchscript)
+    except OSError as exc:  # the disk filling up while saving: the outputs are written atomically
+        raise InputError(os_error_line(exc) if exc.filename else f"{args.out}: {exc}") from None
+
+
+def _export(args: argparse.Namespace, export_pt2, export_torchscript) -> int:
     common = dict(steps=args.steps, method=args.sampler, eta=args.eta, clip_denoised=not args.no_clip,
                   ema=not args.raw, ops=args.ops)
     if args.format == "pt2":

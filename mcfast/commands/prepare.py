@@ -4,6 +4,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from mcfast.commands.common import one_line_errors
+from mcfast.io.images import MAX_OUTPUT_SIZE
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -17,7 +20,8 @@ def register(subparsers) -> None:
     p.add_argument("--modality", required=True, choices=["ct", "mg"], help="ct (DICOM CT) or mg (mammograms)")
     p.add_argument("--in", dest="in_dir", required=True, type=Path, metavar="DIR", help="input file or folder tree")
     p.add_argument("--out", dest="out_dir", required=True, type=Path, metavar="DIR", help="output folder")
-    p.add_argument("--size", type=int, default=256, help="output height and width in pixels (default 256)")
+    p.add_argument("--size", type=int, default=256,
+                   help=f"output height and width in pixels, 8 to {MAX_OUTPUT_SIZE} (default 256)")
     p.add_argument("--window", default=None, metavar="NAME|C,W",
                    help="CT only: train on a display window (lung, soft_tissue, bone, or CENTER,WIDTH) "
                         "instead of the full HU range (write --window=-600,1500 for a negative centre)")
@@ -25,6 +29,7 @@ def register(subparsers) -> None:
                    help="MG only: side of the image the chest wall is put on (default left)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
+    one_line_errors(p)
 
 
 def run(args: argparse.Namespace) -> int:

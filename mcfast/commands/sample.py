@@ -5,6 +5,7 @@ import argparse
 import json
 from pathlib import Path
 
+from mcfast.commands.common import one_line_errors, positive_int
 from mcfast.errors import InputError
 
 # Fastest configuration measured by benchmarks/bench_unet.py ("small" U-Net, 2-core AMD EPYC with avx512_bf16):
@@ -22,7 +23,7 @@ def register(subparsers) -> None:
                     "and samples.json (settings and seed). Deterministic for a given --seed; image k does not depend on --batch-size.")
     p.add_argument("--ckpt", type=Path, required=True, help="run folder (model.safetensors + config.json)")
     p.add_argument("--out", type=Path, required=True, help="output folder (must not already hold samples)")
-    p.add_argument("--n", type=int, default=16, help="number of images (default 16)")
+    p.add_argument("--n", type=positive_int, default=16, help="number of images (default 16)")
     p.add_argument("--steps", type=int, default=100, help="sampling steps, respaced from the training T (default 100)")
     p.add_argument("--sampler", choices=["ddpm", "ddim", "dpmpp2m"], default="ddpm",
                    help="ancestral DDPM, DDIM, or DPM-Solver++(2M) (for 10-25 steps)")
@@ -30,7 +31,7 @@ def register(subparsers) -> None:
     p.add_argument("--eps-scale", type=float, default=1.0, metavar="LAMBDA",
                    help="epsilon scaling: divide the network's noise prediction by LAMBDA (> 0; default 1 = off)")
     p.add_argument("--seed", type=int, default=0, help="seed of the noise generator (default 0)")
-    p.add_argument("--batch-size", type=int, default=16, help="images per model call (default 16)")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="images per model call (default 16)")
     p.add_argument("--size", type=int, default=None,
                    help="image size (default: the training images' size; a fully convolutional model trained "
                         "on crops samples any multiple of its downsampling factor)")
@@ -46,6 +47,7 @@ def register(subparsers) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
+    one_line_errors(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -54,28 +56,30 @@ def run(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from mcfast.atomic import atomic_path, write_text
+    from mcfast.commands.common import resolve_device
     from mcfast.diffusion.eps_scaling import check_eps_scale, scale_eps
     from mcfast.diffusion.gaussian import create_diffusion
     from mcfast.diffusion.samplers import sample
     from mcfast.models.inference import make_model_fn
     from mcfast.models.unet import check_sampling_size
     from mcfast.seeding import item_seed
+    from mcfast.io.paths import check_out_dir, make_out_dir, os_reason
     from mcfast.train.checkpoint import load_model
 
-    if args.n < 1 or args.batch_size < 1:
+    if args.n < 1 or args.batch_size < 1:  # argparse checks them; this is for callers that build args
         raise InputError(f"--n and --batch-size must be >= 1 (got {args.n}, {args.batch_size})")
     check_eps_scale(args.eps_scale, "--eps-scale")
+    check_out_dir(args.out)  # before the model is loaded and sampled: a bad --out costs nothing
     if (args.out / "samples.npy").exists():
         raise InputError(f"{args.out}: already holds samples.npy; choose another --out")
-    device = torch.device(args.device) if args.device else (
-        torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
+    device = resolve_device(args.device)
     model, diffusion_kwargs, config = load_model(args.ckpt, device=device, ema=not args.raw)
     diffusion = create_diffusion(**{**diffusion_kwargs, "respacing": str(args.steps)})
     trained = int(config.get("data", {}).get("image_size", config["model"]["image_size"]))
     size = args.size or trained
     check_sampling_size(config["model"], size, trained, where=str(args.ckpt))
     channels = int(config["model"].get("in_channels", 1))
-    fn = scale_eps(make_model_fn(model, device, args.precision, args.channels_last), args.eps_scale)
+    fn = scale_eps(make_model_fn(model, device, args.precision, args.channels_last, per_item=True), args.eps_scale)
     batches = []
     for start in range(0, args.n, args.batch_size):
         b = min(args.batch_size, args.n - start)
@@ -85,17 +89,21 @@ def run(args: argparse.Namespace) -> int:
                               clip_denoised=not args.no_clip, generator=generators,
                               progress=not args.no_progress, device=device).cpu())
     images = torch.cat(batches).numpy().astype(np.float32)
-    args.out.mkdir(parents=True, exist_ok=True)
-    for k, img in enumerate(images):
-        pixels = np.round((np.clip(img[0], -1, 1) + 1) * 127.5).astype(np.uint8)
-        with atomic_path(args.out / f"sample_{k:04d}.png") as tmp:
-            Image.fromarray(pixels).save(tmp, format="PNG")
-    with atomic_path(args.out / "samples.npy") as tmp:
-        np.save(tmp, images)
-    write_text(args.out / "samples.json", json.dumps({
-        "ckpt": str(args.ckpt), "step": config["step"], "n": args.n, "steps": args.steps, "sampler": args.sampler,
-        "eta": args.eta, "eps_scale": args.eps_scale, "seed": args.seed, "batch_size": args.batch_size, "ema": not args.raw,
-        "precision": args.precision, "channels_last": args.channels_last, "clip_denoised": not args.no_clip,
-        "model_space": "[-1, 1]", "data": config.get("data", {})}, indent=1) + "\n")
+    make_out_dir(args.out)
+    try:  # a disk that fills up (or a folder removed meanwhile) is one line; every file is written atomically
+        for k, img in enumerate(images):
+            pixels = np.round((np.clip(img[0], -1, 1) + 1) * 127.5).astype(np.uint8)
+            with atomic_path(args.out / f"sample_{k:04d}.png") as tmp:
+                Image.fromarray(pixels).save(tmp, format="PNG")
+        with atomic_path(args.out / "samples.npy") as tmp:
+            np.save(tmp, images)
+        write_text(args.out / "samples.json", json.dumps({
+            "ckpt": str(args.ckpt), "step": config["step"], "n": args.n, "steps": args.steps, "sampler": args.sampler,
+            "eta": args.eta, "eps_scale": args.eps_scale, "seed": args.seed, "batch_size": args.batch_size,
+            "ema": not args.raw, "precision": args.precision, "channels_last": args.channels_last,
+            "clip_denoised": not args.no_clip, "model_space": "[-1, 1]", "data": config.get("data", {})},
+            indent=1) + "\n")
+    except OSError as exc:
+        raise InputError(f"{args.out}: {os_reason(exc)} while writing the samples") from None
     print(f"mcfast sample: {args.n} images {size}x{size} written to {args.out}")
     return 0

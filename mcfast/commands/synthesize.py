@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from mcfast.commands.common import one_line_errors, positive_int
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -17,10 +19,11 @@ def register(subparsers) -> None:
     p.add_argument("--ckpt", type=Path, required=True, help="run folder made by 'mcfast train' (or a shipped default)")
     p.add_argument("--recipe", type=Path, required=True, help="recipe TOML (see configs/*.toml)")
     # --num-images: torchrun's own parser rejects "--n" as an ambiguous abbreviation of its options.
-    p.add_argument("--n", "--num-images", dest="n", type=int, default=8,
+    p.add_argument("--n", "--num-images", dest="n", type=positive_int, default=8,
                    help="number of images (default 8); under torchrun write --num-images")
     p.add_argument("--out", type=Path, required=True, help="output folder (resumable)")
-    p.add_argument("--batch-size", type=int, default=None, help="images per sampling batch (default: the recipe's)")
+    p.add_argument("--batch-size", type=positive_int, default=None,
+                   help="images per sampling batch, >= 1 (default: the recipe's)")
     p.add_argument("--steps", default=None, help="override the recipe's respacing, e.g. 50 or ddim25")
     p.add_argument("--sampler", choices=["ddpm", "ddim", "dpmpp2m"], default=None,
                    help="override the recipe's sampler: ancestral DDPM, DDIM (with --eta) or DPM-Solver++(2M)")
@@ -43,22 +46,28 @@ def register(subparsers) -> None:
     p.add_argument("--dicom", action="store_true", help="also write DICOM images and DICOM SEG masks")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="U-Net autocast precision")
     p.add_argument("--device", default=None, help="cpu or cuda (default cpu)")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=positive_int, default=None,
                    help="CPU threads for torch (default: torch's; 1 is fastest for small models on a busy machine)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
+    one_line_errors(p)
 
 
 def run(args: argparse.Namespace) -> int:
+    from mcfast.commands.common import resolve_device
+    from mcfast.errors import InputError
+    from mcfast.io.paths import check_out_dir, os_error_line, os_reason
     from mcfast.synthesis.pipeline import synthesize
     from mcfast.synthesis.recipe import load_recipe, validate
+    from mcfast.synthesis.sources import check_recipe_sources
 
+    # argparse checks these; the checks here are for callers that build the Namespace themselves
+    for option, value in (("--n", args.n), ("--batch-size", args.batch_size), ("--threads", args.threads)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise InputError(f"{option} must be an integer >= 1, got {value!r}")
     if args.threads is not None:
         import torch
 
-        from mcfast.errors import InputError
-        if args.threads < 1:
-            raise InputError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     recipe = load_recipe(args.recipe)
     if args.steps is not None:
@@ -78,8 +87,14 @@ def run(args: argparse.Namespace) -> int:
     if args.dicom:
         recipe.output.dicom = recipe.output.seg = True
     validate(recipe)
-    result = synthesize(args.ckpt, recipe, args.n, args.out, device=args.device, precision=args.precision,
-                        batch_size=args.batch_size, progress=not args.no_progress)
+    check_recipe_sources(recipe)  # the recipe's files, before a model is loaded or --out is touched
+    device = str(resolve_device(args.device)) if args.device is not None else "cpu"
+    check_out_dir(args.out)
+    try:
+        result = synthesize(args.ckpt, recipe, args.n, args.out, device=device, precision=args.precision,
+                            batch_size=args.batch_size, progress=not args.no_progress)
+    except OSError as exc:  # e.g. the disk filling up mid-run: finished items stay, the run resumes
+        raise InputError(os_error_line(exc) if exc.filename else f"{args.out}: {os_reason(exc)}") from None
     print(f"wrote {result.written} images ({result.skipped} already done) to {result.out}"
           + (f"; annotations in {result.coco}" if result.coco else ""))
     return 0

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mcfast.errors import InputError
+from mcfast.errors import CheckpointError, InputError
 
 # Training options whose value on --resume comes from the run unless given again.
 _TRAIN_OPTIONS = ("batch_size", "lr", "weight_decay", "ema_rate", "grad_clip", "max_steps", "save_every",
@@ -19,6 +19,9 @@ _DEFAULTS = dict(batch_size=8, lr=1e-4, weight_decay=0.0, ema_rate=0.9999, grad_
                  save_every=1000, sample_every=1000, sample_n=16, sample_steps=50, log_every=10, seed=0,
                  precision="auto", num_workers=0, channels_last=False, crop_size=0, crop_flip=True,
                  crop_foreground=0.0, min_snr_gamma=0.0)
+
+
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 4096  # pixels a side of training images or crops
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -116,27 +119,29 @@ def _model_config(args, image_size: int, learn_sigma: bool) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     import torch
+    from mcfast.commands.common import resolve_device
     from mcfast.diffusion.gaussian import create_diffusion
-    from mcfast.models.unet import UNetModel
-    from mcfast.train.checkpoint import read_config, read_init
+    from mcfast.train.checkpoint import CONFIG_FILE, build_model, checkpoint_dir, read_config, read_init
     from mcfast.train.data import ImageFolderDataset, parse_range
     from mcfast.train.ddp import cleanup, setup_distributed
     from mcfast.train.trainer import TrainConfig, Trainer
 
-    device = torch.device(args.device) if args.device else (
-        torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
+    device = resolve_device(args.device)
+    if args.image_size is not None and not MIN_IMAGE_SIZE <= args.image_size <= MAX_IMAGE_SIZE:
+        raise InputError(f"--image-size {args.image_size}: must be in [{MIN_IMAGE_SIZE}, {MAX_IMAGE_SIZE}]")
+    if args.crop_size is not None and not MIN_IMAGE_SIZE <= args.crop_size <= MAX_IMAGE_SIZE:
+        raise InputError(f"--crop {args.crop_size}: must be in [{MIN_IMAGE_SIZE}, {MAX_IMAGE_SIZE}]")
     info = setup_distributed(device.type)
     if device.type == "cuda" and info.distributed:
         device = torch.device("cuda", info.local_rank)
     try:
         given = {k: getattr(args, k) for k in _TRAIN_OPTIONS if getattr(args, k) is not None}
-        if not 0.0 <= given.get("crop_foreground", 0.0) < 1.0:
-            raise InputError(f"--crop-foreground must be in [0, 1), got {args.crop_foreground}")
         init_weights = None
         if args.resume and args.init is not None:
             raise InputError("--init starts a new run from earlier weights; --resume continues a run: pick one")
         if args.resume:
             saved = read_config(args.out)
+            saved_path = checkpoint_dir(args.out) / CONFIG_FILE
             data_info = dict(saved.get("data", {}))
             data_root = args.data or (Path(data_info["root"]) if data_info.get("root") else None)
             if data_root is None:
@@ -144,11 +149,12 @@ def run(args: argparse.Namespace) -> int:
             npy_range = parse_range(args.npy_range) if args.npy_range else (
                 tuple(data_info["npy_range"]) if data_info.get("npy_range") else None)
             # A crop-trained run records the full images' size under "data"; the model's is the crop's.
-            dataset = ImageFolderDataset(data_root, image_size=int(data_info.get("image_size",
-                                                                             saved["model"]["image_size"])),
-                                         npy_range=npy_range)
+            size = data_info.get("image_size", saved["model"].get("image_size"))
+            if not isinstance(size, int) or isinstance(size, bool) or not MIN_IMAGE_SIZE <= size <= MAX_IMAGE_SIZE:
+                raise CheckpointError(f"{saved_path}: image_size {size!r} is not a size in pixels")
+            dataset = ImageFolderDataset(data_root, image_size=size, npy_range=npy_range)
             model_cfg, diffusion_kwargs = saved["model"], saved["diffusion"]
-            train_cfg = TrainConfig.from_dict({**saved.get("train", {}), **given})
+            train_cfg = TrainConfig.from_dict({**saved.get("train", {}), **given}, source=str(saved_path))
             data_info["root"] = str(Path(data_root).resolve())
         else:
             if args.data is None:
@@ -180,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
                          "init": str(args.init) if args.init is not None else None}
         diffusion = create_diffusion(**diffusion_kwargs)
         torch.manual_seed(train_cfg.seed)  # the initial weights are part of what --seed fixes
-        model = UNetModel(**model_cfg)
+        model = build_model(model_cfg, saved_path if args.resume else "the model settings")
         trainer = Trainer(model, diffusion, dataset, args.out, train_cfg, diffusion_kwargs=diffusion_kwargs,
                           data_info=data_info, device=device, resume=args.resume,
                           progress=not args.no_progress, dist_info=info, init_weights=init_weights)

@@ -16,15 +16,26 @@ prediction x̂₀, the current sample x_i and, for multistep solvers, the previo
   extrapolation overshoots — diffusers' ``lower_order_final``) and on the last, where s_{i−1} = 0
   and the step returns D itself.
 
-The eager samplers (``mcfast.diffusion.samplers``), the fused op's coefficient table
-(``mcfast.ops.guided.step_coefficients``) and the exported TorchScript loop all take their numbers
-from here, in float64.
+The eager samplers (``mcfast.diffusion.samplers``), the fused op's per-step coefficient table
+(:func:`fused_step_row` / :func:`fused_step_table`: read by the eager fused dispatch
+``mcfast.ops.guided``, the TorchScript ops sampler and the AOTInductor driver) and the exported
+TorchScript loop all take their numbers from here, in float64.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
+
+# Columns of the fused op's (B, 9) coefficient table (csrc/guided_plan.h, docs/kernels.md).
+FUSED_COLUMNS = ("x0_from_xt", "x0_from_eps", "mean_x0", "mean_xt", "logvar_min", "logvar_max", "noise_scale",
+                 "ref_signal", "ref_noise")
+X0_FROM_XT, X0_FROM_EPS, MEAN_X0, MEAN_XT, LOGVAR_MIN, LOGVAR_MAX, NOISE_SCALE, REF_SIGNAL, REF_NOISE = range(9)
+NUM_COEFS = len(FUSED_COLUMNS)
+# Methods whose update the fused op's table can state (linear in x̂₀ and x_t, one σ).
+FUSED_METHODS = ("ddpm", "ddim")
 
 
 @dataclass(frozen=True)
@@ -91,3 +102,50 @@ def dpmpp_2m_step_coefficients(diffusion: Any, i: int, has_previous: bool) -> Li
     lam_next = log_snr_half(float(diffusion.alphas_cumprod[i + 1]))
     r = (lam - lam_next) / h
     return LinearStep(c_x0=c_d * (1.0 + 0.5 / r), c_xt=c_xt, c_prev=-c_d * 0.5 / r)
+
+
+def fused_step_row(diffusion: Any, i: int, method: str, eta: float) -> tuple[list[float], bool]:
+    """The fused op's coefficient row of chain index ``i`` (columns :data:`FUSED_COLUMNS`), in float64,
+    and whether σ comes from the learned v (DDPM with a learned-range variance).
+
+    x̂₀ = x0_from_xt·x_i − x0_from_eps·ε; mean = mean_x0·x̂₀ + mean_xt·x_i; log σ² = logvar_min (or
+    the v-interpolation to logvar_max); x' = mean + noise_scale·σ·z; the noised reference is
+    ref_signal·y + ref_noise·ε_s. DDIM fits the same row: its update is linear in (x̂₀, x_i)
+    (:func:`ddim_step_coefficients`).
+    """
+    if method not in FUSED_METHODS:
+        raise ValueError(f"the fused step implements {', '.join(FUSED_METHODS)}, not {method!r}")
+    abar_prev = float(diffusion.alphas_cumprod_prev[i])
+    row = [0.0] * NUM_COEFS
+    row[X0_FROM_XT] = float(diffusion.sqrt_recip_alphas_cumprod[i])
+    row[X0_FROM_EPS] = float(diffusion.sqrt_recipm1_alphas_cumprod[i])
+    row[REF_SIGNAL], row[REF_NOISE] = math.sqrt(abar_prev), math.sqrt(max(0.0, 1.0 - abar_prev))
+    learned = False
+    if method == "ddpm":
+        row[MEAN_X0] = float(diffusion.posterior_mean_coef1[i])
+        row[MEAN_XT] = float(diffusion.posterior_mean_coef2[i])
+        var_type = diffusion.model_var_type
+        if var_type == "learned_range":
+            learned = True
+            row[LOGVAR_MIN] = float(diffusion.posterior_log_variance_clipped[i])
+            row[LOGVAR_MAX] = float(diffusion.log_betas[i])
+        else:
+            lv = (diffusion.fixed_large_log_variance if var_type == "fixed_large"
+                  else diffusion.posterior_log_variance_clipped)
+            row[LOGVAR_MIN] = row[LOGVAR_MAX] = float(lv[i])
+        row[NOISE_SCALE] = 1.0 if i > 0 else 0.0
+    else:
+        step = ddim_step_coefficients(diffusion, i, eta)
+        row[MEAN_X0], row[MEAN_XT] = step.c_x0, step.c_xt
+        use_noise = step.sigma > 0
+        row[LOGVAR_MIN] = row[LOGVAR_MAX] = 2.0 * math.log(step.sigma) if use_noise else 0.0
+        row[NOISE_SCALE] = 1.0 if use_noise else 0.0
+    return row, learned
+
+
+def fused_step_table(diffusion: Any, method: str, eta: float) -> tuple[np.ndarray, bool]:
+    """Every chain index's :func:`fused_step_row`: a (num_timesteps, 9) float64 array (row i = index i)
+    and whether σ comes from the learned v."""
+    rows = [fused_step_row(diffusion, i, method, eta)[0] for i in range(diffusion.num_timesteps)]
+    learned = method == "ddpm" and diffusion.model_var_type == "learned_range"
+    return np.asarray(rows, dtype=np.float64).reshape(-1, NUM_COEFS), learned

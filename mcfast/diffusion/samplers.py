@@ -13,23 +13,22 @@ Noise comes from the explicit ``generator``: one torch.Generator for the batch, 
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Protocol
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from mcfast.diffusion.coefficients import (alpha_bars, ddim_eps_coefficient, ddim_sigma,
+from mcfast.diffusion.coefficients import (FUSED_METHODS, alpha_bars, ddim_eps_coefficient, ddim_sigma,
                                            dpmpp_2m_step_coefficients)
 from mcfast.diffusion.gaussian import GaussianDiffusion
+from mcfast.diffusion.noise import Generators, image_generator, randn  # noqa: F401  (re-exported)
 from mcfast.diffusion.schedule import space_timesteps
 from mcfast.errors import InputError
 
 METHODS = ("ddpm", "ddim", "dpmpp2m")
 # Methods whose update the fused guided-step op implements (its coefficient table, docs/kernels.md).
-FUSABLE_METHODS = ("ddpm", "ddim")
-
-Generators = torch.Generator | Sequence[torch.Generator] | None
+FUSABLE_METHODS = FUSED_METHODS
 
 
 class Guidance(Protocol):
@@ -41,31 +40,6 @@ class Guidance(Protocol):
 
     def fused_step(self, x_t: Tensor, model_output: Tensor, i: int, method: str, eta: float,
                    clip_denoised: bool, generator: Generators) -> Tensor | None: ...
-
-
-def image_generator(generator: Generators, b: int) -> torch.Generator | None:
-    """The generator image ``b`` draws from: the shared one, or its own when there is one per image."""
-    if generator is None or isinstance(generator, torch.Generator):
-        return generator
-    return generator[b]
-
-
-def randn(shape, generator: Generators, device: torch.device | str | None,
-          dtype: torch.dtype = torch.float32) -> Tensor:
-    """N(0, I) noise of ``shape`` on ``device``, drawn on the generator's device and moved if they differ.
-
-    ``generator`` may be a sequence with one generator per item of the leading dimension: item b is
-    then drawn from generator b alone (shape[1:] each), so it does not depend on its batch-mates.
-    """
-    device = torch.device(device) if device is not None else torch.device("cpu")
-    if generator is not None and not isinstance(generator, torch.Generator):
-        generators = list(generator)
-        if len(generators) != shape[0]:
-            raise InputError(f"{len(generators)} noise generators for a batch of {shape[0]}")
-        return torch.stack([randn(tuple(shape[1:]), g, device, dtype) for g in generators])
-    gen_device = generator.device if generator is not None else device
-    z = torch.randn(tuple(shape), generator=generator, device=gen_device, dtype=dtype)
-    return z if z.device == device else z.to(device)
 
 
 def _chain_t(x: Tensor, i: int) -> Tensor:

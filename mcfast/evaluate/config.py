@@ -1,5 +1,5 @@
 """Configuration of the evaluation studies: one TOML with sections ``study``, ``data``, ``train``,
-``realism`` and ``memorization`` (see configs/eval_classifier_*.toml), read into dataclasses and checked.
+``realism``, ``memorization`` and ``synthesis`` (see configs/eval_classifier_*.toml), read into dataclasses and checked.
 """
 from __future__ import annotations
 
@@ -26,6 +26,15 @@ class DataConfig:
     ct_group_slices: int = 2           # consecutive slice positions that form one split group
     ct_negatives_per_positive: float = 1.5
     ct_positives_per_box: int = 3
+    # MIAS label rule (mcfast.evaluate.splits.mias_label_of): "any" abnormality vs NORM, or "mass"
+    # (CIRC, SPIC, MISC) vs NORM with calcification / distortion / asymmetry-only films left out.
+    abnormal: str = "any"
+    # A fixed test split: the groups (women "woman002", ...) listed in test_groups, or in the
+    # [split] validation_patients of the TOML named by test_groups_from (configs/mg_mias_data.toml:
+    # the women held out from training the shipped MIAS model). The other groups are split into
+    # train / val by split_fractions[0] : split_fractions[1].
+    test_groups_from: str = ""
+    test_groups: list = field(default_factory=list)
 
 
 @dataclass
@@ -36,6 +45,7 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.05
     augment: bool = True
+    flip: bool = True                  # horizontal flips in the augmentation (off for chest-wall-left framing)
 
 
 @dataclass
@@ -47,6 +57,28 @@ class StudyConfig:
     n_bootstrap: int = 1000
     ci: float = 0.95
     threads: int = 1
+    # Abnormal share of the synthetic images added at every increment (a stratified pick from the
+    # synthetic pool); -1 = the real training split's share, so adding images keeps the class balance.
+    synthetic_abnormal_share: float = -1.0
+    # Resampling of the paired test of each row against real-only (metrics.paired_bootstrap_test).
+    n_paired_bootstrap: int = 2000
+    # Save every (increment, seed) result in output_dir/runs/ as it finishes and skip saved ones.
+    resume: bool = True
+
+
+@dataclass
+class SynthesisConfig:
+    """How scripts/synth_classifier_set.py makes the synthetic pool from training-split women only."""
+    checkpoint: str = "mcfast/assets/mg_mias"
+    recipe: str = "configs/mammo_mias512.toml"   # anatomy and mass sources replaced by the split's filters
+    prepared: str = "data/mg_mias/all"           # prepared films of every woman (scripts/prepare_real.py)
+    image_size: int = 512                        # sampled at this size, resized to data.image_size
+    n_abnormal: int = 0                          # synthetic images with one placed mass
+    n_normal: int = 0                            # synthetic images without a lesion
+    anatomy: str = "normal"                      # anatomy films: "normal" (NORM films only) or "all"
+    seed: int = 0
+    precision: str = "bf16"
+    batch_size: int = 2
 
 
 @dataclass
@@ -77,6 +109,7 @@ class EvalConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     realism: RealismConfig = field(default_factory=RealismConfig)
     memorization: MemorizationConfig = field(default_factory=MemorizationConfig)
+    synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -111,7 +144,8 @@ def _fill(cls, values: dict, where: str):
 
 
 def load_config(path: str | Path) -> EvalConfig:
-    """Read an evaluation TOML (sections ``study``, ``data``, ``train``, ``realism``, ``memorization``)."""
+    """Read an evaluation TOML (sections ``study``, ``data``, ``train``, ``realism``, ``memorization``,
+    ``synthesis``)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: config file not found")
@@ -145,6 +179,23 @@ def validate_config(cfg: EvalConfig, where: str = "config") -> None:
         raise InputError(f"{where}: study.increments must be non-negative numbers, got {s.increments!r}")
     if t.epochs < 1 or t.batch_size < 1 or t.lr <= 0:
         raise InputError(f"{where}: train.epochs, train.batch_size and train.lr must be positive")
+    if d.abnormal not in ("any", "mass"):
+        raise InputError(f"{where}: data.abnormal must be 'any' or 'mass', got {d.abnormal!r}")
+    if d.test_groups_from and d.test_groups:
+        raise InputError(f"{where}: give data.test_groups_from or data.test_groups, not both")
+    if any(not isinstance(g, str) for g in d.test_groups):
+        raise InputError(f"{where}: data.test_groups must be strings (e.g. \"woman002\")")
+    if (d.test_groups_from or d.test_groups) and not sum(d.split_fractions[:2]) > 0:
+        raise InputError(f"{where}: with a fixed test split, split_fractions[0:2] give the train : val ratio")
+    if not (s.synthetic_abnormal_share == -1 or 0 <= s.synthetic_abnormal_share <= 1):
+        raise InputError(f"{where}: study.synthetic_abnormal_share must be in [0, 1] or -1 (the real share)")
+    if s.n_paired_bootstrap < 1:
+        raise InputError(f"{where}: study.n_paired_bootstrap must be >= 1")
+    y = cfg.synthesis
+    if y.n_abnormal < 0 or y.n_normal < 0 or y.image_size < 8:
+        raise InputError(f"{where}: synthesis.n_abnormal / n_normal must be >= 0 and image_size >= 8")
+    if y.anatomy not in ("normal", "all"):
+        raise InputError(f"{where}: synthesis.anatomy must be 'normal' or 'all', got {y.anatomy!r}")
     if cfg.memorization.highpass_sigma < 0 or cfg.memorization.max_shift < 0:
         raise InputError(f"{where}: memorization.highpass_sigma and max_shift must be >= 0")
     if cfg.memorization.reference not in ("all", "train"):

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from mcfast.errors import InputError
 from mcfast.evaluate.config import EvalConfig
-from mcfast.evaluate.splits import mias_labels, mias_woman
+from mcfast.evaluate.splits import mias_classes, mias_label_of, mias_woman
 from mcfast.io.windows import HU_MIN, WINDOWS, apply_window, model_to_hu
 
 CLASS_NAMES = ("normal", "abnormal")  # label 0, label 1
@@ -174,20 +174,31 @@ def load_labeled_folder(folder: str | Path, image_size: int, modality: str = "mg
                          [str(f.relative_to(folder)) for f, _, _ in entries])
 
 
-def load_mias(root: str | Path, image_size: int, framing: str = "film") -> LabeledImages:
+def mias_index(root: str | Path, abnormal: str = "any") -> tuple[list[Path], dict[str, int]]:
+    """The MIAS films :func:`load_mias` reads, in its order, and their labels — without the pixels
+    (what a split needs: ``mias_woman(f.stem)`` is the group)."""
+    root = Path(root)
+    classes = mias_classes(root / "Info.txt")
+    files = sorted((root / "images").glob("mdb*.png")) + sorted((root / "images").glob("mdb*.pgm"))
+    if not files:
+        raise InputError(f"{root / 'images'}: no mdbNNN.png images found")
+    missing = [f.stem for f in files if f.stem not in classes]
+    if missing:
+        raise InputError(f"{root / 'Info.txt'}: no label for {', '.join(missing[:5])}")
+    labels = {f.stem: mias_label_of(classes[f.stem], abnormal) for f in files}
+    files = [f for f in files if labels[f.stem] is not None]
+    return files, {f.stem: int(labels[f.stem]) for f in files}
+
+
+def load_mias(root: str | Path, image_size: int, framing: str = "film", abnormal: str = "any") -> LabeledImages:
     """MIAS images (``images/mdbNNN.png``) with abnormal/normal labels from Info.txt, grouped by woman.
 
     ``framing`` "film" shrinks the whole film; "breast" crops to the breast with the chest wall on the
     left as ``mcfast.io.mammo.prepare_mammogram`` does for synthesis, so real and synthetic images match.
+    ``abnormal`` is the label rule of :func:`mcfast.evaluate.splits.mias_label_of` ("mass" leaves out
+    films whose only abnormalities are not masses).
     """
-    root = Path(root)
-    labels = mias_labels(root / "Info.txt")
-    files = sorted((root / "images").glob("mdb*.png")) + sorted((root / "images").glob("mdb*.pgm"))
-    if not files:
-        raise InputError(f"{root / 'images'}: no mdbNNN.png images found")
-    missing = [f.stem for f in files if f.stem not in labels]
-    if missing:
-        raise InputError(f"{root / 'Info.txt'}: no label for {', '.join(missing[:5])}")
+    files, labels = mias_index(root, abnormal)
     from PIL import Image
     images = []
     for f in files:
@@ -375,7 +386,7 @@ def load_real(cfg: EvalConfig) -> LabeledImages:
     """The real set named by ``cfg.data``."""
     d = cfg.data
     if d.dataset == "mias":
-        return load_mias(d.root, d.image_size, d.mg_framing)
+        return load_mias(d.root, d.image_size, d.mg_framing, d.abnormal)
     if d.dataset == "ct":
         return load_ct_patches(d.root, d.image_size, d.ct_patch_px, d.ct_window, d.ct_group_slices,
                                d.ct_negatives_per_positive, d.ct_positives_per_box, d.split_seed)

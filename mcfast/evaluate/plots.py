@@ -12,7 +12,9 @@ from mcfast.atomic import atomic_path
 
 
 def _pyplot():
-    import matplotlib
+    from mcfast.extras import require
+
+    matplotlib = require("matplotlib", extra="eval", feature="the evaluation plots")
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt

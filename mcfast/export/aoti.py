@@ -21,15 +21,19 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Optional
 
 import torch
 from torch import Tensor, nn
 
 from mcfast.atomic import atomic_path, write_text
+from mcfast.diffusion.coefficients import NUM_COEFS
+from mcfast.diffusion.noise import randn
 from mcfast.errors import InputError
 from mcfast.export.opsampler import OpsGuidedSampler, ops_loaded
+from mcfast.export.tables import FusedTables
 from mcfast.export.torchscript import GuidedSampler
+from mcfast.ops.step import guided_step
 
 STEP_INPUTS = ("x", "t", "coefs", "noise", "ref_noise", "refs", "ref_offsets", "factors", "active", "weight_kind",
                "patch", "weight_maps", "weight_offsets")
@@ -48,9 +52,10 @@ class GuidedStepModule(nn.Module):
                 ref_offsets: Tensor, factors: Tensor, active: Tensor, weight_kind: Tensor, patch: Tensor,
                 weight_maps: Tensor, weight_offsets: Tensor) -> Tensor:
         model_output = self.unet(x, t).float().contiguous()
-        return torch.ops.mcfast.guided_step(x, model_output, coefs, noise, ref_noise, refs, ref_offsets, factors,
-                                            active, weight_kind, patch, weight_maps, weight_offsets, 0, 0,
-                                            self.learned_variance, self.clip)
+        return guided_step(x_t=x, model_output=model_output, coefs=coefs, noise=noise, ref_noise=ref_noise, refs=refs,
+                           ref_offsets=ref_offsets, factors=factors, active=active, weight_kind=weight_kind,
+                           patch=patch, weight_maps=weight_maps, weight_offsets=weight_offsets,
+                           learned_variance=self.learned_variance, clip=self.clip)
 
 
 def _padded(flat: Tensor, length: int) -> Tensor:
@@ -64,7 +69,7 @@ def example_step_inputs(sampler: OpsGuidedSampler, batch: int, slots: int) -> tu
     h = w = sampler.image_size
     n = batch * slots * h * w
     x = torch.zeros(batch, 1, h, w)
-    return (x, sampler.timestep_map[:1].expand(batch).clone(), sampler.fused_coefs[:1].expand(batch, 9).contiguous(),
+    return (x, sampler.timestep_map[:1].expand(batch).clone(), sampler.fused_coefs[:1].expand(batch, NUM_COEFS).contiguous(),
             torch.zeros_like(x), torch.zeros(n), torch.zeros(n), torch.zeros(batch, slots, dtype=torch.long),
             torch.ones(batch, slots, dtype=torch.long), torch.zeros(batch, slots, dtype=torch.bool),
             torch.zeros(batch, slots, dtype=torch.long), torch.zeros(batch, slots, 7), torch.zeros(n),
@@ -124,37 +129,26 @@ class _StepDriver(OpsGuidedSampler):
         self.batch, self.slots = batch, slots
 
     def _prepare_fused(self, refs: Tensor, factors: Tensor, stop_steps: Tensor, weights: Tensor,
-                       filters: Tensor) -> List[Tensor]:
+                       filters: Tensor) -> Optional[FusedTables]:
         tables = super()._prepare_fused(refs, factors, stop_steps, weights, filters)
-        if not tables:
+        if tables is None:
             raise InputError("this .pt2 runs the fused guided step, which needs box-filter conditions with "
                              "power-of-two factors; export with --no-ops for other conditions")
         return tables
 
-    def _fused_step(self, x: Tensor, t: Tensor, i: int, j: int, factors: Tensor, stop_steps: Tensor,
-                    step_noise: Optional[Tensor], cond_noise: Optional[Tensor], seed: int,
-                    fused: List[Tensor]) -> Tensor:
+    def _fused_step(self, x: Tensor, t: Tensor, i: int, j: int, step_noise: Optional[Tensor],
+                    cond_noise: Optional[Tensor], seed: int, tables: FusedTables) -> Tensor:
         b, h, w = x.shape[0], x.shape[2], x.shape[3]
         n = b * self.slots * h * w
-        refs_flat, ref_offsets, weight_kind, weight_offsets, weight_maps, patch, factors_host, stops_host = fused
-        t_orig = int(self.timestep_map[i])
-        active = (stops_host >= 0) & (stops_host <= t_orig)
-        coefs = self.fused_coefs[i].unsqueeze(0).expand(b, 9).contiguous()
-        noise = step_noise[j].float().contiguous() if step_noise is not None else torch.zeros_like(x)
-        parts = []
-        for bi in range(b):
-            for si in range(self.slots):
-                f = max(int(factors_host[bi, si]), 1)
-                if cond_noise is not None and int(stops_host[bi, si]) >= 0:
-                    e = cond_noise[j, bi, si].float().reshape(1, 1, h, w)
-                    parts.append((torch.nn.functional.avg_pool2d(e, f) if f > 1 else e).reshape(-1))
-                else:
-                    parts.append(torch.zeros((h // f) * (w // f) if h % f == 0 and w % f == 0 else h * w))
-        ref_noise = torch.cat(parts) if parts else torch.zeros(0)
+        # AOTISampler always passes both noises, so the package gets explicit noise.
+        coefs, active, noise, ref_noise = self._step_inputs(x, i, j, tables, step_noise, cond_noise)
         dev = x.device  # the package was compiled for inputs on one device
-        return self.runner(x.contiguous(), t.contiguous(), coefs, noise, _padded(ref_noise, n), _padded(refs_flat, n),
-                           ref_offsets.to(dev), factors_host.to(dev), active.to(dev), weight_kind.to(dev),
-                           patch.to(dev), _padded(weight_maps, n), weight_offsets.to(dev))
+        step = dict(x=x.contiguous(), t=t.contiguous(), coefs=coefs, noise=noise, ref_noise=_padded(ref_noise, n),
+                    refs=_padded(tables.refs, n), ref_offsets=tables.ref_offsets.to(dev),
+                    factors=tables.factors.to(dev), active=active.to(dev), weight_kind=tables.weight_kind.to(dev),
+                    patch=tables.patch.to(dev), weight_maps=_padded(tables.weight_maps, n),
+                    weight_offsets=tables.weight_offsets.to(dev))
+        return self.runner(*(step[name] for name in STEP_INPUTS))
 
 
 class AOTISampler:
@@ -198,11 +192,9 @@ class AOTISampler:
             gen = torch.Generator().manual_seed(int(kw.get("seed", 0)))
             h, w = int(refs.shape[2]), int(refs.shape[3])
             steps = self.loop.steps
-            if kw.get("noise") is None:
-                kw["noise"] = torch.randn((b, 1, h, w), generator=gen)
-            if kw.get("step_noise") is None:
-                kw["step_noise"] = torch.randn((steps, b, 1, h, w), generator=gen)
-            if kw.get("cond_noise") is None:
-                kw["cond_noise"] = torch.randn((steps, b, s, h, w), generator=gen)
+            for name, shape in (("noise", (b, 1, h, w)), ("step_noise", (steps, b, 1, h, w)),
+                                ("cond_noise", (steps, b, s, h, w))):
+                if kw.get(name) is None:
+                    kw[name] = randn(shape, gen, "cpu")
         with torch.no_grad():
             return self.loop(refs, factors, stop_steps, weights, **kw)

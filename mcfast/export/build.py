@@ -1,13 +1,68 @@
-"""Export a trained run: ``export_torchscript`` (sampler.pt) and ``export_pt2`` (AOTInductor package)."""
+"""Build and export samplers: ``build_sampler`` (which sampler class, from a model and a diffusion),
+``export_torchscript`` (sampler.pt) and ``export_pt2`` (AOTInductor package) from a run folder."""
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Dict, Optional
+
+import torch
+from torch import nn
 
 from mcfast.errors import CheckpointError, InputError
 from mcfast.export import OPS_CHOICES
-from mcfast.export.torchscript import build_sampler, respacing_for, script_sampler
+from mcfast.export.opsampler import OpsGuidedSampler, ops_loaded
+from mcfast.export.torchscript import GuidedSampler
+
+
+def respacing_for(steps: int, T: int) -> str:
+    """The respacing string for ``steps`` sampling steps over a T-step chain ("" keeps all T)."""
+    if steps < 1 or steps > T:
+        raise InputError(f"--steps must be in 1..{T}, got {steps}")
+    return "" if steps == T else str(steps)
+
+
+def sampler_class(use_ops: Optional[bool] = None) -> type:
+    """OpsGuidedSampler when the ops are loaded (or required by ``use_ops=True``), else GuidedSampler."""
+    if use_ops is False:
+        return GuidedSampler
+    if ops_loaded():
+        return OpsGuidedSampler
+    if use_ops:
+        raise InputError("the mcfast ops library is not loaded (torch.ops.mcfast.guided_step is missing); "
+                         "build it with `python setup.py build_ext --inplace` or export with --no-ops")
+    return GuidedSampler
+
+
+def build_sampler(model: nn.Module, diffusion: Any, method: str = "ddpm", eta: float = 0.0,
+                  clip_denoised: bool = True, metadata: Optional[Dict[str, Any]] = None,
+                  use_ops: Optional[bool] = None) -> GuidedSampler:
+    """Wrap ``model`` (a UNetModel, eval mode) and a (respaced) ``diffusion`` into an eager :class:`GuidedSampler`.
+
+    ``use_ops``: None = call ``torch.ops.mcfast.guided_step`` when the ops library is loaded, True = require
+    it, False = plain PyTorch steps (see :mod:`mcfast.export.opsampler`).
+    """
+    config = model.model_config() if hasattr(model, "model_config") else {}
+    image_size = int(config.get("image_size", 0))
+    in_channels = int(config.get("in_channels", 1))
+    out_channels = int(config.get("out_channels", 1))
+    if diffusion.model_var_type == "learned_range" and out_channels != 2 * in_channels:
+        raise InputError(f"the diffusion learns the variance but the model has {out_channels} output channels")
+    cls = sampler_class(use_ops)
+    meta = {"uses_ops": cls is OpsGuidedSampler, "method": method, "eta": float(eta),
+            "steps": int(diffusion.num_timesteps), "image_size": image_size, "model": config,
+            "clip_denoised": bool(clip_denoised)}
+    meta.update(metadata or {})
+    meta["uses_ops"] = cls is OpsGuidedSampler
+    sampler = cls(model.eval(), diffusion, method=method, eta=eta, clip_denoised=clip_denoised,
+                  image_size=image_size, in_channels=in_channels, metadata=meta)
+    return sampler.eval()
+
+
+def script_sampler(sampler: GuidedSampler) -> torch.jit.ScriptModule:
+    """``torch.jit.script`` the sampler (U-Net included), without the 2.14 deprecation warning."""
+    from mcfast.export import jit_compat
+    return jit_compat.script(sampler.eval())
 
 
 def _resolve_ops(ops: str) -> Optional[bool]:

@@ -8,9 +8,9 @@ The scripted sampler takes conditions as padded tensors (one row of S slots per 
 from __future__ import annotations
 
 import os
-from typing import Sequence
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
@@ -67,17 +67,9 @@ def load_inputs(path: str | os.PathLike) -> dict[str, Tensor]:
     """Read a sampler-inputs safetensors file (no pickle)."""
     try:
         tensors = load_file(str(path))
-    except (OSError, ValueError, Exception) as exc:  # safetensors raises its own error type
+    except (OSError, ValueError, SafetensorError) as exc:  # missing file / not a safetensors file
         raise InputError(f"{path}: cannot read sampler inputs ({exc})") from None
     unknown = sorted(set(tensors) - set(INPUT_NAMES))
     if unknown:
         raise InputError(f"{path}: {unknown} are not sampler inputs")
     return tensors
-
-
-def explicit_noise(shape: Sequence[int], steps: int, slots: int, generator: torch.Generator) -> dict[str, Tensor]:
-    """Pre-drawn noise (x_T, step z, condition ε) for a batch of ``shape`` (B, 1, H, W)."""
-    b, _, h, w = (int(v) for v in shape)
-    return {"noise": torch.randn((b, 1, h, w), generator=generator),
-            "step_noise": torch.randn((steps, b, 1, h, w), generator=generator),
-            "cond_noise": torch.randn((steps, b, slots, h, w), generator=generator)}

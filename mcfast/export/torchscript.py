@@ -12,8 +12,11 @@ the same way:
 - noise: ``noise`` (B, 1, H, W) = x_T, ``step_noise`` (steps, B, 1, H, W) = z of the j-th executed
   step (j = 0 is the first, i = steps−1), ``cond_noise`` (steps, B, S, H, W) = ε of condition (b, s)
   at step j. Whatever is not given is drawn from a ``torch.Generator`` seeded with ``seed`` in the
-  order mcfast's eager sampler draws it (x_T, then per step z, then the guidance ε of each active
-  (b, s)), so ``seed`` alone reproduces ``mcfast.diffusion.samplers.sample`` with one generator.
+  fixed order (x_T, then per step z, then the guidance ε of each active (b, s)) — the plain loop;
+  the ops loop draws z and ε in-kernel from Philox (``seed``, step index) instead. A seed gives the
+  same images from Python and the C++ runner, but not the eager sampler's images for that seed
+  (``ILVRGuidance`` seeds one stream per condition, docs/export.md); passing all three noises does
+  reproduce the eager sampler to float rounding.
 
 Coefficients are the float64 schedule rounded to float32 per step, exactly as
 :meth:`GaussianDiffusion._extract` gathers them, so eager and scripted runs agree to float rounding.
@@ -30,6 +33,7 @@ from torch import Tensor, nn
 
 from mcfast.diffusion.coefficients import alpha_bars, ddim_eps_coefficient, ddim_sigma
 from mcfast.errors import InputError
+from mcfast.export.tables import FusedTables
 
 FILTER_CODES = {"box": 0, "bicubic": 1}
 VAR_TYPE_CODES = {"learned_range": 0, "fixed_small": 1, "fixed_large": 2}
@@ -76,7 +80,7 @@ class GuidedSampler(nn.Module):
         # Guidance: y_{i-1} = √ᾱ_prev·ref + √(1−ᾱ_prev)·ε (as floats, like Python scalars in the eager oracle).
         self.register_buffer("sqrt_ac_prev", _f64(np.sqrt(d.alphas_cumprod_prev)))
         self.register_buffer("sqrt_1m_ac_prev", _f64(np.sqrt(1.0 - d.alphas_cumprod_prev)))
-        # DDIM scalars, in float64 from the one source samplers.ddim_step uses.
+        # DDIM scalars, in float64 from mcfast.diffusion.coefficients (as samplers.ddim_step uses them).
         sig, c_x0, c_eps = [], [], []
         for i in range(d.num_timesteps):
             a_bar, a_prev = alpha_bars(d, i)
@@ -147,7 +151,14 @@ class GuidedSampler(nn.Module):
             raise ValueError("cond_noise must have shape (steps, B, S, H, W) = " + str([self.steps, b, s, h, w])
                              + ", got " + str(cond_noise.shape))
 
-    # -- filters ------------------------------------------------------------------------------------
+    # -- filters: the scripted form of mcfast.guidance.filters (tests check they agree) ---------------
+    def _box_down(self, x: Tensor, factor: int) -> Tensor:
+        """down_N with the box filter: an (H, W) plane → (H/N, W/N) block means."""
+        if factor == 1:
+            return x
+        h, w = x.shape[-2], x.shape[-1]
+        return F.avg_pool2d(x.reshape(1, 1, h, w), factor).reshape(h // factor, w // factor)
+
     def _lowpass(self, x: Tensor, factor: int, code: int) -> Tensor:
         """φ_N of an (H, W) plane: box = avg-pool + nearest up; bicubic = antialiased resize down and up."""
         if factor == 1:
@@ -155,8 +166,7 @@ class GuidedSampler(nn.Module):
         h, w = x.shape[-2], x.shape[-1]
         x4 = x.reshape(1, 1, h, w)
         if code == 0:
-            low = F.avg_pool2d(x4, factor)
-            up = low.repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1)
+            up = self._box_down(x, factor).repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1)
         else:
             low = F.interpolate(x4, size=[h // factor, w // factor], mode="bicubic", align_corners=False,
                                 antialias=True)
@@ -165,6 +175,7 @@ class GuidedSampler(nn.Module):
 
     # -- one step -----------------------------------------------------------------------------------
     def _randn(self, shape: List[int], like: Tensor, gen: torch.Generator) -> Tensor:
+        """mcfast.diffusion.noise.randn in the TorchScript subset: drawn on the (CPU) generator, moved to ``like``."""
         return torch.randn(shape, generator=gen, dtype=torch.float32).to(like.device)
 
     def _step_update(self, x: Tensor, model_output: Tensor, i: int, z: Optional[Tensor]) -> Tensor:
@@ -248,7 +259,7 @@ class GuidedSampler(nn.Module):
                 if int(stop_steps[bi, si]) >= 0:
                     low_refs[bi, si] = self._lowpass(refs[bi, si], int(factors[bi, si]), int(filters[bi, si]))
         fused = self._prepare_fused(refs, factors, stop_steps, weights, filters)
-        if len(fused) > 0 and (step_noise is None) != (cond_noise is None):
+        if fused is not None and (step_noise is None) != (cond_noise is None):
             # The fused op takes both noises or draws both in-kernel: draw the missing one here.
             if step_noise is None:
                 step_noise = self._randn([self.steps, b, 1, h, w], refs, gen)
@@ -260,8 +271,8 @@ class GuidedSampler(nn.Module):
         for j in range(self.steps):
             i = self.steps - 1 - j
             t = self.timestep_map[i].expand(b)
-            if len(fused) > 0:
-                x = self._fused_step(x, t, i, j, factors, stop_steps, step_noise, cond_noise, seed, fused)
+            if fused is not None:
+                x = self._fused_step(x, t, i, j, step_noise, cond_noise, seed, fused)
                 if keep:
                     kept.append(x)
                 continue
@@ -284,13 +295,12 @@ class GuidedSampler(nn.Module):
 
     # -- fused op hooks (the plain module has none; see mcfast.export.opsampler) ---------------------
     def _prepare_fused(self, refs: Tensor, factors: Tensor, stop_steps: Tensor, weights: Tensor,
-                       filters: Tensor) -> List[Tensor]:
-        """Tables for torch.ops.mcfast.guided_step, or [] when this run takes the plain PyTorch path."""
-        return []
+                       filters: Tensor) -> Optional[FusedTables]:
+        """Tables for torch.ops.mcfast.guided_step, or None when this run takes the plain PyTorch path."""
+        return None
 
-    def _fused_step(self, x: Tensor, t: Tensor, i: int, j: int, factors: Tensor, stop_steps: Tensor,
-                    step_noise: Optional[Tensor], cond_noise: Optional[Tensor], seed: int,
-                    fused: List[Tensor]) -> Tensor:
+    def _fused_step(self, x: Tensor, t: Tensor, i: int, j: int, step_noise: Optional[Tensor],
+                    cond_noise: Optional[Tensor], seed: int, tables: FusedTables) -> Tensor:
         """U-Net + the whole guided update of step j (chain index i) in one op call; the hook of the ops variant."""
         raise RuntimeError("this sampler was exported without the mcfast ops")
 
@@ -316,42 +326,3 @@ class GuidedSampler(nn.Module):
     def metadata(self) -> str:
         """JSON with the export settings (method, steps, image size, model and diffusion config)."""
         return self.metadata_json
-
-
-# -- building and saving ---------------------------------------------------------------------------
-def respacing_for(steps: int, T: int) -> str:
-    """The respacing string for ``steps`` sampling steps over a T-step chain ("" keeps all T)."""
-    if steps < 1 or steps > T:
-        raise InputError(f"--steps must be in 1..{T}, got {steps}")
-    return "" if steps == T else str(steps)
-
-
-def build_sampler(model: nn.Module, diffusion: Any, method: str = "ddpm", eta: float = 0.0,
-                  clip_denoised: bool = True, metadata: Optional[Dict[str, Any]] = None,
-                  use_ops: Optional[bool] = None) -> GuidedSampler:
-    """Wrap ``model`` (a UNetModel, eval mode) and a (respaced) ``diffusion`` into an eager :class:`GuidedSampler`.
-
-    ``use_ops``: None = call ``torch.ops.mcfast.guided_step`` when the ops library is loaded, True = require
-    it, False = plain PyTorch steps (see :mod:`mcfast.export.opsampler`).
-    """
-    config = model.model_config() if hasattr(model, "model_config") else {}
-    image_size = int(config.get("image_size", 0))
-    in_channels = int(config.get("in_channels", 1))
-    out_channels = int(config.get("out_channels", 1))
-    if diffusion.model_var_type == "learned_range" and out_channels != 2 * in_channels:
-        raise InputError(f"the diffusion learns the variance but the model has {out_channels} output channels")
-    meta = {"uses_ops": False, "method": method, "eta": float(eta), "steps": int(diffusion.num_timesteps),
-            "image_size": image_size, "model": config, "clip_denoised": bool(clip_denoised)}
-    meta.update(metadata or {})
-    from mcfast.export.opsampler import ops_sampler_class
-    cls = ops_sampler_class(use_ops)
-    meta["uses_ops"] = cls.__name__ == "OpsGuidedSampler"
-    sampler = cls(model.eval(), diffusion, method=method, eta=eta, clip_denoised=clip_denoised,
-                  image_size=image_size, in_channels=in_channels, metadata=meta)
-    return sampler.eval()
-
-
-def script_sampler(sampler: GuidedSampler) -> torch.jit.ScriptModule:
-    """``torch.jit.script`` the sampler (U-Net included), without the 2.14 deprecation warning."""
-    from mcfast.export import jit_compat
-    return jit_compat.script(sampler.eval())

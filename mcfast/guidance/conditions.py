@@ -138,7 +138,11 @@ def _as_plane(value: Tensor, what: str) -> Tensor:
 
 @dataclass(frozen=True, eq=False)
 class Condition:
-    """One guidance condition (validated on construction; immutable so cached maps stay true).
+    """One guidance condition, validated on construction.
+
+    Frozen, and ``ref`` / ``weight`` are the condition's own copies (an edit of the tensor passed in
+    does not reach it), so the cached device copies and low-pass (:meth:`low_reference`) stay true.
+    Do not edit ``condition.ref`` or ``condition.weight`` in place: make a new Condition instead.
 
     ``ref``: reference in model space, (H, W) or (1, H, W), stored as float32 (1, H, W).
     ``factor``: the low-pass factor n_s (divides H and W). ``stop_step``: a_s on the original
@@ -187,10 +191,10 @@ class Condition:
                 raise InputError(f"{label} weight must lie in [0, 1], got [{weight.min():.3g}, {weight.max():.3g}]")
         elif patch is not None:
             weight = patch.weight_map((height, width))
-        object.__setattr__(self, "ref", ref.unsqueeze(0).contiguous())
+        object.__setattr__(self, "ref", ref.unsqueeze(0).clone(memory_format=torch.contiguous_format))
         object.__setattr__(self, "factor", factor)
         object.__setattr__(self, "stop_step", stop)
-        object.__setattr__(self, "weight", None if weight is None else weight.contiguous())
+        object.__setattr__(self, "weight", None if weight is None else weight.clone(memory_format=torch.contiguous_format))
 
     # -- constructors -----------------------------------------------------------------------
     @classmethod

@@ -1,8 +1,9 @@
 """``ILVRGuidance``: multi-condition weighted ILVR as a guidance object for ``mcfast.diffusion.sample``.
 
 The sampler asks it for ``fused_step`` first (one fused op for the reverse step and all
-corrections, from ``mcfast.ops.guided`` when that can serve) and otherwise does the plain step and
-calls ``correct``, which runs the PyTorch reference. Guidance noise ε_s comes from one generator
+corrections, from ``mcfast.ops.guided.FusedGuidedStep`` when that can serve; the object keeps the
+op's packed tables) and otherwise does the plain step and calls ``correct``, which runs the PyTorch
+path of :mod:`mcfast.guidance.oracle`. Guidance noise ε_s comes from one generator
 per (image, condition), seeded from the run's seed (or from each image's own seed when one seed per
 image is given, so an image's guidance noise does not depend on its batch-mates), so adding or
 removing a condition at the end of an image's list leaves the other conditions' noise unchanged;
@@ -11,26 +12,23 @@ give the same image.
 """
 from __future__ import annotations
 
-import logging
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from mcfast.constants import BACKENDS
 from mcfast.errors import InputError
 from mcfast.guidance.conditions import (Condition, ConditionsArg, check_conditions, conditions_per_image,
                                         original_num_steps)
-from mcfast.guidance.reference import active_conditions, clean_reference_correction, guided_correction
-
-log = logging.getLogger(__name__)
-
-BACKENDS = ("auto", "reference", "fused")
+from mcfast.guidance.oracle import active_conditions, clean_reference_correction, guided_correction
+from mcfast.seeding import mix_seed
 
 
 def _condition_seed(seed: int, b: int, s: int) -> int:
-    """A well-mixed 63-bit seed for condition ``s`` of image ``b``."""
-    return int(np.random.SeedSequence([seed, b, s]).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+    """The seed of condition ``s`` of image ``b`` (:func:`mcfast.seeding.mix_seed`)."""
+    return mix_seed(seed, b, s)
 
 
 class ILVRGuidance:
@@ -80,8 +78,7 @@ class ILVRGuidance:
         self._per_image: list[list[Condition]] | None = None
         self._image_shape: tuple[int, int] | None = None
         self._generators: dict[tuple[int, int, str], torch.Generator] = {}
-        self._fused_fn: Callable | None = None
-        self._fused_unavailable: str | None = None
+        self._fused: Any = None  # the fused step and its packed tables, made on first use
         self.correction_counts: list[list[int]] = []
         self.applied_timesteps: list[list[list[int]]] = []
 
@@ -151,14 +148,11 @@ class ILVRGuidance:
         """x_{i−1} from the fused op (reverse step + all corrections), or None to use ``correct``."""
         if self.backend == "reference":
             return None
-        fused = self._load_fused()
-        if fused is None:
-            return None
         per_image = self._start_step(x_t, i)
         # Our per-condition streams go along, so with a sampler generator the fused op draws the
         # same ε_s as ``correct`` would (its "passed" noise mode); without one it uses in-kernel Philox.
-        out = fused(x_t, model_output, self.diffusion, i, per_image, method, eta, clip_denoised, generator,
-                    force=self.backend == "fused", condition_generators=self._generators_for(per_image, x_t.device))
+        out = self._fused_op()(x_t, model_output, i, per_image, method, eta, clip_denoised, generator,
+                               condition_generators=self._generators_for(per_image, x_t.device))
         if out is None:
             if self.backend == "fused":
                 raise InputError("guidance backend 'fused' was requested but the fused guided step cannot serve "
@@ -167,22 +161,12 @@ class ILVRGuidance:
         self._count(per_image, i)
         return out
 
-    def _load_fused(self) -> Callable | None:
-        if self._fused_fn is not None:
-            return self._fused_fn
-        if self._fused_unavailable is None:
-            try:
-                from mcfast.ops.guided import try_fused_step
-            except ImportError as exc:
-                self._fused_unavailable = f"mcfast.ops.guided cannot be imported ({exc})"
-                if self.backend == "auto":
-                    log.info("fused guided step unavailable, using the PyTorch reference: %s", self._fused_unavailable)
-            else:
-                self._fused_fn = try_fused_step
-                return self._fused_fn
-        if self.backend == "fused":
-            raise InputError(f"guidance backend 'fused' was requested but {self._fused_unavailable}")
-        return None
+    def _fused_op(self):
+        """This object's :class:`mcfast.ops.guided.FusedGuidedStep` (it keeps the packed tables)."""
+        if self._fused is None:
+            from mcfast.ops.guided import FusedGuidedStep  # here: mcfast.ops.guided imports mcfast.guidance
+            self._fused = FusedGuidedStep(self.diffusion, force=self.backend == "fused")
+        return self._fused
 
     # -- precomputation for the fused op -------------------------------------------------------
     def lowpassed_references(self, batch_size: int | None = None,

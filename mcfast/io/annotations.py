@@ -291,7 +291,9 @@ class MsdPatches(NamedTuple):
 def read_msd_patches(path: str | os.PathLike, images_key: str = "images", labels_key: str = "labels"
                      ) -> MsdPatches:
     """Read an HDF5 file of patches and masks ((N, 1, H, W) or (N, H, W)); masks are binarised (> 0.5)."""
-    import h5py
+    from mcfast.extras import require
+
+    h5py = require("h5py", extra="data", feature="reading MSD patch files (HDF5)")
 
     path = Path(path)
     try:

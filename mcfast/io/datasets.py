@@ -7,7 +7,9 @@ folder), and :func:`prepare` writes a folder of per-item ``.npy`` files plus ``m
 """
 from __future__ import annotations
 
+import errno
 import hashlib
+import itertools
 import json
 import os
 import sys
@@ -21,12 +23,15 @@ from mcfast import __version__
 from mcfast.atomic import atomic_path, write_text
 from mcfast.errors import InputError
 from mcfast.io import dicom
-from mcfast.io.images import RASTER_SUFFIXES, read_raster
+from mcfast.io.images import MAX_OUTPUT_SIZE, RASTER_SUFFIXES, read_raster
 from mcfast.io.mammo import prepare_mammogram, resize_keep_aspect
 from mcfast.io.windows import HU_MAX, HU_MIN, WindowLike, get_window, hu_to_model, window_to_model
 
 MANIFEST = "manifest.json"
 MODALITIES = ("ct", "mg")
+# The largest --size prepare (and the datasets) make (mcfast.io.images.MAX_OUTPUT_SIZE, light to import for
+# --help): one 4096² float32 item is 64 MiB. Checked before anything is read or allocated.
+MAX_SIZE = MAX_OUTPUT_SIZE
 
 
 # --------------------------------------------------------------------------- per-item conversion
@@ -111,9 +116,22 @@ def find_mg_sources(root: str | os.PathLike) -> tuple[list[Source], dict[Path, s
     root = Path(root)
     if not root.exists():
         raise InputError(f"{root}: no such file or folder")
-    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file()
-                                                  and not any(part.startswith(".") for part in p.relative_to(root).parts))
     sources, skipped = [], {}
+    if root.is_file():
+        files = [root]
+    else:
+        files = []
+        for p in sorted(root.rglob("*")):
+            if any(part.startswith(".") for part in p.relative_to(root).parts):
+                continue
+            if p.is_file():
+                files.append(p)
+            elif p.is_symlink() and not p.exists():  # a dangling link or a symlink loop: say which
+                from mcfast.io.paths import os_reason
+                try:
+                    os.stat(p)
+                except OSError as exc:
+                    skipped[p] = "symlink loop" if exc.errno == errno.ELOOP else f"broken link ({os_reason(exc)})"
     for f in files:
         if f.suffix.lower() in RASTER_SUFFIXES or dicom.is_dicom_file(f):
             sources.append(Source(f))
@@ -186,8 +204,7 @@ class _CachedStack:
     """Decode once into an (N, 1, S, S) float32 stack: a memmapped .npy under ``cache_dir`` or RAM."""
 
     def __init__(self, modality: str, root, size: int, window, side: str, cache_dir, progress):
-        if int(size) <= 0:
-            raise InputError(f"size must be positive, got {size}")
+        check_size(size, "size", minimum=1)
         self.modality, self.size, self.window, self.side = modality, int(size), window, side
         sources, self.skipped = _sources(modality, root)
         key = self._cache_key(sources)
@@ -229,7 +246,7 @@ class _CachedStack:
 
     def _check_any(self, root) -> None:
         if not self.items:
-            raise InputError(f"{root}: no usable {self.modality.upper()} images ({len(self.skipped)} files skipped)")
+            raise InputError(no_usable_message(root, self.modality, self.skipped))
 
     def _cache_key(self, sources: list[Source]) -> str:
         h = hashlib.sha1()
@@ -324,6 +341,34 @@ class PrepareResult:
         return self.out_dir / MANIFEST
 
 
+def check_size(size, option: str = "--size", minimum: int = 8) -> int:
+    """An output image size in [minimum, MAX_SIZE], refused before anything is allocated."""
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)):
+        raise InputError(f"{option} must be an integer, got {size!r}")
+    if not minimum <= int(size) <= MAX_SIZE:
+        raise InputError(f"{option} = {size} is outside {minimum}..{MAX_SIZE} pixels")
+    return int(size)
+
+
+def no_usable_message(root, modality: str, skipped: dict[Path, str]) -> str:
+    """Why a folder gave no item: how many files were seen and, per reason, how many were skipped."""
+    name = modality.upper()
+    if not skipped:
+        return f"{root}: no usable {name} images: no files found"
+    if len(skipped) == 1 and Path(root).is_file():  # one input file: its own reason
+        (path, reason), = skipped.items()
+        return f"{path}: {reason} (no usable {name} image)"
+    counts = skip_counts(skipped)
+    reasons = "; ".join(f"{n} {reason}" for reason, n in list(counts.items())[:3])
+    more = f"; {len(counts) - 3} other reason(s)" if len(counts) > 3 else ""
+    hint = ""
+    if modality == "ct" and any(Path(p).suffix.lower() in RASTER_SUFFIXES for p in skipped):
+        hint = " (--modality ct reads DICOM only; PNG/TIFF mammograms take --modality mg)"
+    elif modality == "mg" and counts.get("not an image or DICOM file") == len(skipped):
+        hint = f" (mg reads {', '.join(sorted(RASTER_SUFFIXES))} and DICOM)"
+    return f"{root}: no usable {name} images ({len(skipped)} files skipped) of {len(skipped)} seen: {reasons}{more}{hint}"
+
+
 def skip_counts(skipped: dict[Path, str]) -> dict[str, int]:
     """How many files were skipped for each reason (most frequent first)."""
     counts: dict[str, int] = {}
@@ -354,19 +399,36 @@ def prepare(modality: str, in_dir: str | os.PathLike, out_dir: str | os.PathLike
     Files that cannot be used are skipped and counted; every file is written atomically, and the
     manifest last, so an interrupted run never leaves a manifest naming missing items.
     """
+    from mcfast.io.paths import check_input_path, check_out_dir, make_out_dir, os_reason
+
     in_dir, out_dir = Path(in_dir), Path(out_dir)
     if modality not in MODALITIES:
         raise InputError(f"modality must be one of {', '.join(MODALITIES)}, got {modality!r}")
-    if int(size) < 8:
-        raise InputError(f"size must be at least 8, got {size}")
-    if not in_dir.exists():
-        raise InputError(f"{in_dir}: no such file or folder")
+    size = check_size(size)
+    check_input_path(in_dir)
+    check_out_dir(out_dir)
     if out_dir.resolve() == in_dir.resolve() or in_dir.resolve() in out_dir.resolve().parents:
         raise InputError(f"{out_dir}: the output folder must be outside the input folder")
     if window is not None:
         get_window(window)
     sources, skipped = _sources(modality, in_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        return _prepare_into(modality, in_dir, out_dir, size, window, side, progress, sources, skipped,
+                             make_out_dir)
+    except OSError as exc:  # e.g. the disk filling up: every item is written atomically, the manifest last
+        raise InputError(f"{out_dir}: {os_reason(exc)} while writing the prepared items") from None
+
+
+def _prepare_into(modality, in_dir: Path, out_dir: Path, size: int, window, side, progress,
+                  sources: list[Source], skipped: dict[Path, str], make_out_dir) -> PrepareResult:
+    convert = _converter(modality, int(size), window, side)
+    converted = _iter_converted(sources, convert, skipped, progress, f"prepare {modality}")
+    # Nothing is created or replaced until one item has converted: a run that finds no usable image
+    # leaves --out (and an earlier run's items there) as it was.
+    first = next(converted, None)
+    if first is None:
+        raise InputError(no_usable_message(in_dir, modality, skipped))
+    make_out_dir(out_dir)
     if (out_dir / MANIFEST).exists():  # replace an earlier run's items, nothing else
         try:
             old = read_manifest(out_dir)
@@ -375,15 +437,14 @@ def prepare(modality: str, in_dir: str | os.PathLike, out_dir: str | os.PathLike
         (out_dir / MANIFEST).unlink()  # first, so an interrupted re-run never lists deleted items
         for it in old["items"]:
             (out_dir / Path(it["file"]).name).unlink(missing_ok=True)
-    convert = _converter(modality, int(size), window, side)
     items = []
-    for src, arr, extra in _iter_converted(sources, convert, skipped, progress, f"prepare {modality}"):
+    for src, arr, extra in itertools.chain([first], converted):
         name = f"{modality}_{len(items):06d}.npy"
         with atomic_path(out_dir / name) as tmp:
             np.save(tmp, arr.astype(np.float32))
         items.append({"file": name, "source": os.path.abspath(src.path), **src.meta, **extra})
     if not items:
-        raise InputError(f"{in_dir}: no usable {modality.upper()} images ({len(skipped)} files skipped)")
+        raise InputError(no_usable_message(in_dir, modality, skipped))
     manifest = {
         "format": "mcfast-prepared", "version": 1, "created_by": f"mcfast {__version__}",
         "modality": modality, "image_size": int(size), "shape": [int(size), int(size)], "dtype": "float32",

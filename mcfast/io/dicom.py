@@ -7,6 +7,7 @@ whose slices differ in size, a compressed syntax no installed handler decodes) b
 from __future__ import annotations
 
 import os
+import struct
 import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -18,31 +19,115 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from mcfast.errors import InputError
+from mcfast.errors import InputError, McfastWarning
 from mcfast.io.windows import HU_MIN, Window, apply_window
 
 # Compressed pixel data needs these plugins; pydicom decodes RLE by itself.
 _HANDLER_HINT = "install pylibjpeg, pylibjpeg-libjpeg (JPEG), pylibjpeg-openjpeg (JPEG 2000) or pyjpegls (JPEG-LS)"
+_PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # PixelData, FloatPixelData, DoubleFloatPixelData
+# Two slices of a series whose ImagePositionPatient lie closer than this are the same slice: a CT's
+# slices are tenths of a millimetre apart at the least, and DS values carry about 16 digits.
+SAME_POSITION_MM = 0.01
+FILES_NAMED = 5  # how many files a warning names before "and N more"
+DUPLICATE_REASON = "duplicate slice (the SOPInstanceUID of another file, or its position in the same series)"
+
+
+class DicomWarning(McfastWarning):
+    """A DICOM file was read on an assumption (or left out) that the user should know about; the
+    message names the files."""
+
+
+def _name_files(paths: list[Path]) -> str:
+    names = ", ".join(str(p) for p in paths[:FILES_NAMED])
+    return names + (f" and {len(paths) - FILES_NAMED} more" if len(paths) > FILES_NAMED else "")
 
 
 # --------------------------------------------------------------------------- headers
 
 
 def read_dataset(path: str | os.PathLike, *, pixels: bool = True) -> Dataset:
-    """``pydicom.dcmread`` with one-line errors; ``pixels=False`` stops before PixelData (fast)."""
+    """``pydicom.dcmread`` with one-line errors; ``pixels=False`` stops before PixelData (fast).
+
+    pydicom stops quietly where a file ends, so a cut file is caught here (see :func:`_truncation`)."""
     path = Path(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return pydicom.dcmread(path, stop_before_pixels=not pixels)
+            ds = pydicom.dcmread(path, stop_before_pixels=not pixels)
     except InvalidDicomError:
         raise InputError(f"{path}: not a DICOM file (no DICM preamble)") from None
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
     except IsADirectoryError:
         raise InputError(f"{path}: is a folder, expected a DICOM file") from None
+    except struct.error:  # a length or tag unpacked from fewer bytes than it needs: the file ends there
+        raise InputError(f"{path}: truncated DICOM file ({path.stat().st_size} bytes; it ends inside an element "
+                         "header)") from None
     except Exception as exc:  # truncated or corrupt files fail anywhere inside pydicom
+        if _cut_in_file_meta(path):
+            raise InputError(f"{path}: truncated DICOM file ({path.stat().st_size} bytes; it ends inside its file "
+                             "meta information)") from None
         raise InputError(f"{path}: unreadable DICOM ({_short(exc)})") from None
+    reason = _truncation(ds, path, pixels)
+    if reason:
+        raise InputError(f"{path}: truncated DICOM file ({reason})")
+    return ds
+
+
+def _cut_in_file_meta(path: Path) -> bool:
+    """True when the file ends before the end its File Meta Information Group Length (the UL value of
+    (0002,0000), the first element after the preamble, at bytes 140..143) announces."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(144)
+            size = os.fstat(fh.fileno()).st_size
+    except OSError:
+        return False
+    if head[128:136] != b"DICM\x02\x00\x00\x00":
+        return False
+    return len(head) < 144 or size < 144 + struct.unpack("<I", head[140:144])[0]
+
+
+def _last_element(ds: Dataset) -> tuple[int, int] | None:
+    """(tag, end offset) of the element read last from the file (file meta included); None when no
+    element of known length carries its file offset (nothing read, or undefined lengths only)."""
+    best = None
+    for d in (getattr(ds, "file_meta", None) or Dataset(), ds):
+        for tag in d.keys():
+            raw = d.get_item(tag)
+            tell = getattr(raw, "value_tell", None)
+            length = getattr(raw, "length", None)
+            if tell is None or length is None or length == 0xFFFFFFFF:
+                continue
+            if best is None or tell > best[1]:
+                best = (int(tag), int(tell), int(length))
+    return None if best is None else (best[0], best[1] + best[2])
+
+
+def _truncation(ds: Dataset, path: Path, pixels: bool) -> str | None:
+    """Why the freshly read ``ds`` looks cut short, or None. A value shorter than its declared length is
+    truncation for certain (pixel data excepted: its decoder says so). When the pixels were asked for
+    and are missing, so is a file ending inside an element header, or before SOPInstanceUID (Type 1 in
+    every IOD and near the start, so a file cut in its header lacks it; an image stripped of its pixels
+    keeps it and is reported as "no PixelData" instead)."""
+    syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", ""))
+    if syntax == pydicom.uid.DeflatedExplicitVRLittleEndian:
+        return None  # offsets are in the inflated stream, not the file
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return None
+    last = _last_element(ds)
+    if last is not None and last[1] > size and last[0] not in _PIXEL_TAGS:
+        return f"{size} bytes; element {pydicom.tag.Tag(last[0])} needs {last[1]}"
+    if not pixels or any(t in ds for t in _PIXEL_TAGS):
+        return None
+    end = last[1] if last is not None else 0
+    if 0 < size - end < 8:
+        return f"{size} bytes; it ends inside an element header, before any PixelData"
+    if "SOPInstanceUID" not in ds:
+        return f"{size} bytes; the data set stops before its SOPInstanceUID and PixelData"
+    return None
 
 
 def is_dicom_file(path: str | os.PathLike) -> bool:
@@ -90,7 +175,11 @@ def _pixel_spacing(ds: Dataset) -> tuple[float, float]:
 
 
 def _check_single_gray_frame(ds: Dataset, path: Path, what: str) -> None:
-    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+    if not any(t in ds for t in _PIXEL_TAGS):
+        sop_class = getattr(ds.get("SOPClassUID"), "name", "")
+        if "Image Storage" in sop_class:
+            raise InputError(f"{path}: no PixelData, though it is a {sop_class} file (truncated just before "
+                             "its pixels, or stripped of them)")
         raise InputError(f"{path}: no PixelData (not an image, e.g. a structured report or a SEG without frames)")
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip()
@@ -236,8 +325,26 @@ def slice_plane(ds: Dataset) -> str | None:
     return ("sagittal", "coronal", "axial")[int(np.argmax(np.abs(normal)))]
 
 
-def hu_from_dataset(ds: Dataset, path: str | os.PathLike = "<dataset>") -> np.ndarray:
-    """Stored values → HU (float32) via RescaleSlope/Intercept (or a Modality LUT); padding → HU_MIN."""
+def missing_rescale(ds: Dataset) -> list[str]:
+    """The rescale tags a CT header lacks (read as slope 1 / intercept 0); none when a Modality LUT maps it."""
+    if "ModalityLUTSequence" in ds:
+        return []
+    return [key for key in ("RescaleSlope", "RescaleIntercept") if key not in ds]
+
+
+def warn_missing_rescale(paths: list[Path], stacklevel: int = 3) -> None:
+    """One :class:`DicomWarning` naming the files whose stored values were taken as HU unscaled."""
+    if paths:
+        warnings.warn(f"{_name_files(paths)}: no RescaleSlope/RescaleIntercept; stored values read as HU with "
+                      "slope 1, intercept 0 (check that the HU range is plausible)", DicomWarning,
+                      stacklevel=stacklevel)
+
+
+def hu_from_dataset(ds: Dataset, path: str | os.PathLike = "<dataset>", *, warn: bool = True) -> np.ndarray:
+    """Stored values → HU (float32) via RescaleSlope/Intercept (or a Modality LUT); padding → HU_MIN.
+
+    Without rescale tags the stored values are the HU, with a :class:`DicomWarning` naming the file
+    (``warn=False``: the caller warns, e.g. once for a whole series)."""
     path = Path(path)
     _check_single_gray_frame(ds, path, "CT")
     stored = _stored_pixels(ds, path)
@@ -259,14 +366,17 @@ def hu_from_dataset(ds: Dataset, path: str | os.PathLike = "<dataset>") -> np.nd
         hu = stored.astype(np.float32) * np.float32(slope) + np.float32(intercept)
     if padding is not None and padding.any():
         hu[padding] = HU_MIN
+    if warn and missing_rescale(ds):  # only once the slice has decoded: no warning before an error line
+        warn_missing_rescale([path])
     return hu
 
 
-def read_ct_slice(path: str | os.PathLike) -> CTSlice:
-    """Read one single-frame CT (or other HU-valued grayscale) DICOM file."""
+def read_ct_slice(path: str | os.PathLike, *, warn: bool = True) -> CTSlice:
+    """Read one single-frame CT (or other HU-valued grayscale) DICOM file (``warn``: see
+    :func:`hu_from_dataset`)."""
     path = Path(path)
     ds = read_dataset(path)
-    hu = hu_from_dataset(ds, path)
+    hu = hu_from_dataset(ds, path, warn=warn)
     position, normal = _geometry(ds)
     instance = ds.get("InstanceNumber")
     return CTSlice(
@@ -298,7 +408,8 @@ def scan_dicom_tree(root: str | os.PathLike) -> DicomScan:
     """Read the headers of every DICOM file under ``root`` (a file or folder), grouped by SeriesInstanceUID.
 
     Files that are not DICOM (no ``DICM`` preamble) or whose header cannot be read are recorded in
-    ``skipped`` with the reason, not raised.
+    ``skipped`` with the reason, not raised. So are duplicate slices (see :func:`drop_duplicate_slices`),
+    with one :class:`DicomWarning` naming them.
     """
     root = Path(root)
     if not root.exists():
@@ -316,7 +427,52 @@ def scan_dicom_tree(root: str | os.PathLike) -> DicomScan:
             skipped[f] = str(exc).split(": ", 1)[-1]
             continue
         series[str(ds.get("SeriesInstanceUID", "")) or f"no-series:{f.parent}"].append((f, ds))
+    duplicates: dict[Path, Path] = {}
+    seen_sops: dict[str, Path] = {}  # a SOPInstanceUID names one instance, whichever series holds the copy
+    for uid, headers in series.items():
+        series[uid], dropped = drop_duplicate_slices(headers, seen_sops)
+        duplicates.update(dropped)
+    if duplicates:
+        skipped.update({p: DUPLICATE_REASON for p in duplicates})
+        pairs = [Path(f"{p.relative_to(root) if p != root else p.name} (= {first.relative_to(root)})")
+                 for p, first in duplicates.items()]
+        warnings.warn(f"{root}: {len(duplicates)} file(s) left out as {DUPLICATE_REASON}: {_name_files(pairs)}",
+                      DicomWarning, stacklevel=2)
     return DicomScan(dict(series), skipped)
+
+
+def _position_key(ds: Dataset) -> tuple | None:
+    """ImagePositionPatient and the slice normal on a :data:`SAME_POSITION_MM` grid; None without them."""
+    position, normal = _geometry(ds)
+    if position is None or normal is None:
+        return None
+    return (tuple(np.round(position / SAME_POSITION_MM).astype(np.int64)),
+            tuple(np.round(normal / SAME_POSITION_MM).astype(np.int64)))
+
+
+def drop_duplicate_slices(headers: list[tuple[Path, Dataset]], by_uid: dict[str, Path] | None = None
+                          ) -> tuple[list[tuple[Path, Dataset]], dict[Path, Path]]:
+    """A series' (path, header) pairs without duplicates: a second file with the SOPInstanceUID of an
+    earlier one (a copy), or with its ImagePositionPatient and orientation (the same slice exported
+    again under a new UID; stacked, it would give a 0 mm slice spacing). The first file in path order
+    is kept. ``by_uid`` (SOPInstanceUID → file, updated) carries the UIDs already seen in other series.
+    Returns (kept pairs, {dropped path: the kept file it duplicates})."""
+    kept: list[tuple[Path, Dataset]] = []
+    dropped: dict[Path, Path] = {}
+    by_uid = {} if by_uid is None else by_uid
+    by_position: dict[tuple, Path] = {}
+    for path, ds in sorted(headers, key=lambda h: str(h[0])):
+        uid, key = str(ds.get("SOPInstanceUID", "")), _position_key(ds)
+        first = (by_uid.get(uid) if uid else None) or (by_position.get(key) if key is not None else None)
+        if first is not None:
+            dropped[path] = first
+            continue
+        kept.append((path, ds))
+        if uid:
+            by_uid[uid] = path
+        if key is not None:
+            by_position[key] = path
+    return kept, dropped
 
 
 def slice_order(headers: list[tuple[Path, Dataset]]) -> tuple[list[int], np.ndarray | None, str]:
@@ -347,12 +503,17 @@ def load_series(uid: str, headers: list[tuple[Path, Dataset]]) -> CTVolume:
             raise InputError(f"{path}: slice is {shape[0]}x{shape[1]} but {first_path.name} in the same series "
                              f"is {first_shape[0]}x{first_shape[1]}; the series has inconsistent slice sizes")
     order, positions, ordered_by = slice_order(headers)
-    slices = [read_ct_slice(headers[i][0]) for i in order]
+    slices = [read_ct_slice(headers[i][0], warn=False) for i in order]
+    warn_missing_rescale([headers[i][0] for i in order if missing_rescale(headers[i][1])])
     hu = np.stack([s.hu for s in slices]).astype(np.float32, copy=False)
     if positions is not None and len(positions) > 1:
         normal = slices[0].normal
-        steps = np.diff(positions @ normal)
-        dz = float(np.median(np.abs(steps)))
+        steps = np.abs(np.diff(positions @ normal))
+        if steps.min() < SAME_POSITION_MM:
+            k = int(np.argmin(steps))
+            raise InputError(f"{slices[k + 1].path}: same position as {slices[k].path.name} in series {uid}, a "
+                             "duplicate slice (scan_dicom_tree leaves such files out)")
+        dz = float(np.median(steps))
     else:
         dz = _float_or_none(headers[0][1].get("SpacingBetweenSlices")) or slices[0].slice_thickness or 1.0
     return CTVolume(hu=hu, spacing=(dz, *slices[0].spacing), sop_uids=[s.sop_uid for s in slices],
@@ -437,8 +598,8 @@ def _apply_voi_lut(values: np.ndarray, item: Dataset, path: Path) -> np.ndarray:
 
 def mg_from_dataset(ds: Dataset, path: str | os.PathLike = "<dataset>") -> MGImage:
     """Stored values → [0, 1] with dense tissue bright: modality LUT, then VOI LUT or the first window
-    (LINEAR or SIGMOID VOI LUT function; else the full stored range), then MONOCHROME1 (or an INVERSE
-    presentation LUT) inverted."""
+    (LINEAR or SIGMOID VOI LUT function; else the full stored range), then MONOCHROME1 (or MONOCHROME2
+    with an INVERSE presentation LUT) inverted."""
     from pydicom.pixels import apply_modality_lut
 
     path = Path(path)
@@ -466,9 +627,11 @@ def mg_from_dataset(ds: Dataset, path: str | os.PathLike = "<dataset>") -> MGIma
         img = (values - lo) / max(hi - lo, 1e-12)
         voi = "range"
     img = np.clip(img, 0.0, 1.0)
-    # Dense tissue bright: MONOCHROME1 shows high values dark, and an INVERSE presentation LUT flips again.
+    # Dense tissue bright: MONOCHROME1 shows high values dark. An INVERSE Presentation LUT Shape inverts a
+    # MONOCHROME2 image; with MONOCHROME1 it is what the DX and MG IODs require, restating that same
+    # inversion (PS3.3 C.8.11.3), not a second one.
     inverse_plut = str(ds.get("PresentationLUTShape", "IDENTITY")).upper() == "INVERSE"
-    if (photometric == "MONOCHROME1") != inverse_plut:
+    if photometric == "MONOCHROME1" or inverse_plut:
         img = 1.0 - img
     if not np.isfinite(img).all():
         raise InputError(f"{path}: pixel values are not finite after the VOI transform")

@@ -36,12 +36,30 @@ class SplitDataConfig:
     def load(cls, path: str | os.PathLike, base: str | os.PathLike | None = None) -> "SplitDataConfig":
         path = Path(path)
         try:
-            raw = tomllib.loads(path.read_text())
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise InputError(f"{path}: no such data config") from None
-        except tomllib.TOMLDecodeError as exc:
+        except OSError as exc:  # a folder, a symlink loop, ...
+            from mcfast.io.paths import os_error_line
+            raise InputError(os_error_line(exc, path)) from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise InputError(f"{path}: not valid TOML ({exc})") from None
         data, split = raw.get("data", {}), raw.get("split", {})
+        for name, table in (("data", data), ("split", split)):
+            if not isinstance(table, dict):
+                raise InputError(f"{path}: [{name}] must be a table of settings, got {table!r}")
+        if not isinstance(data.get("collections", []), list):
+            raise InputError(f"{path}: data.collections must be a list of folder names, got {data['collections']!r}")
+        if not isinstance(split.get("validation_patients", []), list):
+            raise InputError(f"{path}: split.validation_patients must be a list, got {split['validation_patients']!r}")
+        from mcfast.io.datasets import check_size
+        for key in ("size",):
+            if key in data:
+                check_size(data[key], f"{path}: data.{key}")
+        stride = data.get("series_stride", {})
+        if not isinstance(stride, dict) or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1
+                                                   for v in stride.values()):
+            raise InputError(f"{path}: data.series_stride must map collections to integers >= 1, got {stride!r}")
         for key in ("root", "collections"):
             if key not in data:
                 raise InputError(f"{path}: [data] needs '{key}'")

@@ -34,8 +34,8 @@ def _auto_fused_norm(device: torch.device) -> bool:
 
 
 def make_model_fn(model: torch.nn.Module, device: torch.device, precision: str,
-                  channels_last: bool,
-                  fused_norm: bool | None = None) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+                  channels_last: bool, fused_norm: bool | None = None,
+                  per_item: bool = False) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """Wrap ``model`` as ``fn(x, t)`` running under the requested autocast precision and memory format.
 
     The output is float32 and contiguous whatever the precision and memory format, so the samplers'
@@ -44,6 +44,10 @@ def make_model_fn(model: torch.nn.Module, device: torch.device, precision: str,
     ``fused_norm``: run the U-Net's norm + scale-shift + SiLU as one op (``models.unet.use_fused_norm``,
     set on ``model`` in place); None = when the op library is loaded and ``device`` is a CPU or CUDA device.
     With it on, ``fn`` runs without autograd (the op has no backward; sampling needs none).
+
+    ``per_item``: call the network on one image at a time. Convolution kernels pick their algorithm
+    (and so their rounding) by batch size, so only this makes an image bit-identical whatever batch
+    it is sampled in; on CPU it costs nothing measurable (docs/architecture.md, "Randomness").
     """
     if precision not in PRECISIONS:
         raise InputError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
@@ -62,5 +66,7 @@ def make_model_fn(model: torch.nn.Module, device: torch.device, precision: str,
             x = x.contiguous(memory_format=torch.channels_last)
         ctx = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
         with ctx, (torch.no_grad() if fused else nullcontext()):
+            if per_item and x.shape[0] > 1:
+                return torch.cat([model(x[k:k + 1], t[k:k + 1]).float() for k in range(x.shape[0])]).contiguous()
             return model(x, t).float().contiguous()
     return fn

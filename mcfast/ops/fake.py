@@ -11,14 +11,6 @@ from torch import Tensor
 import mcfast._C  # noqa: F401  (the op schemas must exist before their fake kernels)
 
 
-@torch.library.register_fake("mcfast::ddpm_step")
-def _ddpm_step_fake(x_t: Tensor, eps: Tensor, noise: Tensor, coef_x0_from_xt: Tensor, coef_x0_from_eps: Tensor,
-                    coef_mean_x0: Tensor, coef_mean_xt: Tensor, sigma: Tensor, clip: bool) -> Tensor:
-    torch._check(eps.shape == x_t.shape, lambda: f"mcfast::ddpm_step: eps shape {tuple(eps.shape)} != x_t shape")
-    torch._check(noise.shape == x_t.shape, lambda: f"mcfast::ddpm_step: noise shape {tuple(noise.shape)} != x_t shape")
-    return torch.empty_like(x_t)
-
-
 @torch.library.register_fake("mcfast::guided_step")
 def _guided_step_fake(x_t: Tensor, model_output: Tensor, coefs: Tensor, noise: Tensor | None,
                       ref_noise: Tensor | None, refs: Tensor, ref_offsets: Tensor, factors: Tensor, active: Tensor,

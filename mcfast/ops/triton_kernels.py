@@ -11,8 +11,11 @@ so the factor can stay a runtime value. Runs on CUDA, or on CPU tensors under
 from __future__ import annotations
 
 import torch
-import triton
-import triton.language as tl
+
+from mcfast.extras import require
+
+triton = require("triton", extra="triton", feature="the Triton guided-step kernel")
+import triton.language as tl  # noqa: E402
 from torch import Tensor
 from torch.library import triton_op, wrap_triton
 

@@ -8,8 +8,10 @@ memory order. Runs on CUDA, or on CPU tensors under ``TRITON_INTERPRET=1`` (the 
 from __future__ import annotations
 
 import torch
-import triton
-import triton.language as tl
+from mcfast.extras import require
+
+triton = require("triton", extra="triton", feature="the Triton GroupNorm kernel")
+import triton.language as tl  # noqa: E402
 from torch import Tensor
 from torch.library import triton_op, wrap_triton
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from mcfast.anatomy.breast_phantom import power_law_noise
-from mcfast.anatomy.phantom import correlated_noise
+from mcfast.anatomy.geometry import correlated_noise
 from mcfast.errors import InputError
 from mcfast.pathology.patches import Patch
 

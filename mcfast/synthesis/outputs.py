@@ -2,10 +2,17 @@
 
 An item folder is complete when its ``meta.json`` exists: it is written last (atomically), so an
 interrupted run resumes by skipping exactly the finished items.
+
+Source paths in ``meta.json`` and ``provenance.json`` are stored by :func:`private_path` (the folder
+as a short hash, the file name kept) unless the recipe sets ``[output] full_paths = true``: clinical
+folder trees are often named after the patient.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +25,50 @@ META = "meta.json"
 # Lesion provenance (PlacedLesion.meta) that COCO annotations carry as attributes: COCO key ← meta key.
 COCO_LESION_ATTRIBUTES = {"class": "mias_class", "severity": "mias_severity", "ref": "mias_ref"}
 CT_WINDOWS = ("lung", "soft_tissue", "bone")
+
+
+PATH_HASH_CHARS = 12  # hex digits of SHA-256 kept: 48 bits, no collision among one study's folders
+_SLICE_SUFFIX = re.compile(r"(#slice\d+)$")  # a CT volume source names its slice after the path
+
+
+def private_path(path: str) -> str:
+    """``path`` as outputs store it by default: ``sha256:<12 hex of its folder>/<file name>`` for an
+    existing file, else ``sha256:<12 hex of the whole path>`` (a DICOM series folder may itself be named
+    after the patient); a ``#sliceK`` suffix is kept. The digest is of the absolute path, so the same file
+    gives the same text however it was named, and can be checked by hashing a candidate folder; it is
+    not encryption (a guessed folder name can be confirmed). File names are kept: mcfast's prepared
+    items are numbered, and the realism study groups a synthetic image with the training file it was
+    guided by through that name."""
+    match = _SLICE_SUFFIX.search(path)
+    suffix = match.group(1) if match else ""
+    base = os.path.abspath(os.path.expanduser(path[:len(path) - len(suffix)]))
+
+    def digest(text: str) -> str:
+        return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:PATH_HASH_CHARS]
+
+    if os.path.isfile(base):
+        return f"{digest(os.path.dirname(base))}/{os.path.basename(base)}{suffix}"
+    return digest(base) + suffix  # a folder, or a path not there to tell: the name may be the patient's
+
+
+def _stored_path(path: str, full_paths: bool) -> str:
+    return path if full_paths or not path else private_path(path)
+
+
+def private_provenance(provenance: dict, full_paths: bool) -> dict:
+    """``provenance`` with the recipe file, the data paths it names and the checkpoint folder stored by
+    :func:`private_path` (all kept as they are with ``full_paths``); says which in ``"paths"``."""
+    out = json.loads(json.dumps(provenance))
+    recipe = out.get("recipe", {})
+    if not str(recipe.get("source", "<")).startswith("<"):  # "<dict>", "<defaults>": no file
+        recipe["source"] = _stored_path(recipe["source"], full_paths)
+    for spec in [recipe.get("anatomy", {})] + list(recipe.get("pathology", [])):
+        if spec.get("path"):
+            spec["path"] = _stored_path(spec["path"], full_paths)
+    if out.get("checkpoint"):
+        out["checkpoint"] = _stored_path(out["checkpoint"], full_paths)
+    out["paths"] = "full" if full_paths else "folder hashed (sha256), file name kept"
+    return out
 
 
 def _json_default(value):
@@ -70,6 +121,25 @@ def _write_rgb(path: Path, rgb: np.ndarray) -> None:
         Image.fromarray(rgb, mode="RGB").save(tmp, format="PNG")
 
 
+def item_meta(plan: ItemPlan, shape: tuple[int, int], modality: str, output, extra_meta: dict) -> dict:
+    """An item's metadata, as ``meta.json`` holds it (less ``files``): also an in-memory item's (mcfast.api)."""
+    return {
+        "index": plan.index,
+        "seed": plan.seed,
+        "modality": modality,
+        "height": int(shape[0]),
+        "width": int(shape[1]),
+        "anatomy": (plan.anatomy.source if plan.anatomy.source.startswith("phantom:")
+                    else _stored_path(plan.anatomy.source, getattr(output, "full_paths", False))),
+        "lesions": [{"label": k, "category": l.category, "bbox": list(l.box), "patch_box": list(l.patch_box),
+                     "center": list(l.center), "area": int(l.mask.sum()), "source": l.source, "meta": l.meta}
+                    for k, l in enumerate(plan.lesions, start=1)],
+        "conditions": [{"name": c.name, "factor": c.factor, "stop_step": c.stop_step, "filter": c.filter,
+                        "weighted": not c.is_full} for c in plan.conditions],
+        **extra_meta,
+    }
+
+
 def write_item(out: Path, plan: ItemPlan, image_model: np.ndarray, modality: str, output, extra_meta: dict) -> dict:
     """Write every file of one item; ``meta.json`` last. Returns the metadata."""
     from mcfast.io import writers
@@ -119,21 +189,7 @@ def write_item(out: Path, plan: ItemPlan, image_model: np.ndarray, modality: str
             writers.write_dicom_seg(d / "seg.dcm", (labels > 0).astype(np.uint8), d / "image.dcm",
                                     label=plan.lesions[0].category)
             files.append("seg.dcm")
-    meta = {
-        "index": plan.index,
-        "seed": plan.seed,
-        "modality": modality,
-        "height": int(image_model.shape[0]),
-        "width": int(image_model.shape[1]),
-        "anatomy": plan.anatomy.source,
-        "lesions": [{"label": k, "category": l.category, "bbox": list(l.box), "patch_box": list(l.patch_box),
-                     "center": list(l.center), "area": int(l.mask.sum()), "source": l.source, "meta": l.meta}
-                    for k, l in enumerate(plan.lesions, start=1)],
-        "conditions": [{"name": c.name, "factor": c.factor, "stop_step": c.stop_step, "filter": c.filter,
-                        "weighted": not c.is_full} for c in plan.conditions],
-        "files": files,
-        **extra_meta,
-    }
+    meta = item_meta(plan, image_model.shape, modality, output, {"files": files, **extra_meta})
     write_text(d / META, json.dumps(meta, indent=2, default=_json_default))
     return meta
 
@@ -143,6 +199,19 @@ def _coco_attributes(lesion: dict) -> dict:
     meta = lesion.get("meta", {})
     return {"source": lesion["source"],
             **{key: meta[m] for key, m in COCO_LESION_ATTRIBUTES.items() if meta.get(m) not in (None, "")}}
+
+
+def add_coco_item(coco, meta: dict, labels: np.ndarray | None) -> int:
+    """Add one item (its metadata and label map, or None for boxes only) to a CocoWriter: image id
+    index + 1, file ``<item folder>/<display image>``. Returns the image id."""
+    image_id = coco.add_image(f"{item_dir(Path(), meta['index']).name}/{display_file(meta['modality'])}",
+                              meta["height"], meta["width"], id=meta["index"] + 1)
+    for lesion in meta["lesions"]:
+        coco.add_category(lesion["category"])
+        mask = (labels == lesion["label"]).astype(np.uint8) if labels is not None else None
+        coco.add_annotation(image_id, mask, lesion["category"], attributes=_coco_attributes(lesion),
+                            bbox=None if mask is not None else lesion["bbox"])
+    return image_id
 
 
 def write_coco(out: Path, n: int, modality: str) -> Path:
@@ -155,11 +224,6 @@ def write_coco(out: Path, n: int, modality: str) -> Path:
         if not (d / META).is_file():
             continue
         meta = json.loads((d / META).read_text())
-        image_id = coco.add_image(f"{d.name}/{display_file(modality)}", meta["height"], meta["width"], id=index + 1)
         labels = np.load(d / "labels.npy") if (d / "labels.npy").is_file() else None
-        for lesion in meta["lesions"]:
-            coco.add_category(lesion["category"])
-            mask = (labels == lesion["label"]).astype(np.uint8) if labels is not None else None
-            coco.add_annotation(image_id, mask, lesion["category"], attributes=_coco_attributes(lesion),
-                                bbox=None if mask is not None else lesion["bbox"])
+        add_coco_item(coco, meta, labels)
     return coco.save(out / "coco.json")

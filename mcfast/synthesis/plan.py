@@ -59,13 +59,17 @@ class ItemPlan:
     pathology_reference: np.ndarray  # anatomy with every patch pasted (model space), for the contact sheet
 
 
-def plan_item(recipe: Recipe, index: int) -> ItemPlan:
-    """Draw the anatomy and pathologies of item ``index`` and build its conditions (deterministic per seed)."""
+def plan_item(recipe: Recipe, index: int, anatomy: Anatomy | None = None) -> ItemPlan:
+    """Draw the anatomy and pathologies of item ``index`` and build its conditions (deterministic per seed).
+
+    ``anatomy``: a reference at the recipe's size to use instead of the recipe's source (the Python API's
+    in-memory arrays); the recipe's anatomy factor, stop step and filter still apply."""
     seed = item_seed(recipe.seed, index)
     rng = np.random.default_rng(seed)
     size, modality = recipe.image_size, recipe.modality
     a = recipe.anatomy
-    anatomy = load_anatomy(modality, a.source, a.path, size, seed, rng, a.slice_index)
+    if anatomy is None:
+        anatomy = load_anatomy(modality, a.source, a.path, size, seed, rng, a.slice_index)
     anatomy_model = to_model(modality, anatomy.values)
     conditions = [Condition.full(anatomy_model, a.factor, a.stop_step, a.filter, name="anatomy")]
     free = anatomy.tissue.copy()  # tissue not yet used by a lesion: lesions do not overlap

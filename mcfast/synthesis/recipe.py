@@ -15,10 +15,10 @@ from typing import Any
 from mcfast.diffusion.samplers import FUSABLE_METHODS, METHODS
 from mcfast.diffusion.eps_scaling import check_eps_scale
 from mcfast.errors import InputError
+# One list of source names and one patch-size bound, shared with the code that serves them.
+from mcfast.synthesis.sources import ANATOMY_SOURCES, PATHOLOGY_SOURCES, patch_side_range
 
 MODALITIES = ("ct", "mg")
-ANATOMY_SOURCES = ("phantom", "file", "folder", "prepared")
-PATHOLOGY_SOURCES = ("synthetic", "msd", "voc", "mias", "file")
 FILTERS = ("box", "bicubic")
 BACKENDS = ("auto", "reference", "fused")
 # Which pixels an MG patch's intensities are matched to: the whole breast tissue mask, or the tissue in
@@ -73,6 +73,7 @@ class OutputSpec:
     png: bool = True
     dicom: bool = False
     seg: bool = False
+    full_paths: bool = False  # meta.json / provenance.json keep full source paths (default: folders hashed)
 
 
 @dataclass
@@ -95,7 +96,24 @@ class Recipe:
     source: str = "<defaults>"
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Every setting, with the recipe file and the files it names as absolute paths: the identity of a
+        run (``synthesize`` resumes a folder only for the same recipe), which must not depend on whether
+        a path was written relative or absolute, or on the working folder a relative one was resolved in."""
+        data = asdict(self)
+        if not self.source.startswith("<"):
+            data["source"] = _absolute(self.source)
+        if data["anatomy"]["path"]:
+            data["anatomy"]["path"] = _absolute(data["anatomy"]["path"])
+        for p in data["pathology"]:
+            if p["path"]:
+                p["path"] = _absolute(p["path"])
+        return data
+
+
+def _absolute(path: str) -> str:
+    import os
+
+    return os.path.abspath(os.path.expanduser(path))
 
 
 def _pair(value: Any, key: str, where: str) -> tuple[int, int]:
@@ -109,7 +127,25 @@ def _pair(value: Any, key: str, where: str) -> tuple[int, int]:
     raise InputError(f"{where}: {key} must be an integer or [min, max], got {value!r}")
 
 
+def _kind(value: Any) -> str:
+    """How TOML spelled ``value``, for messages: "the string 'nodule'", "the integer 5", "an array"."""
+    if isinstance(value, str):
+        return f"the string {value!r}"
+    if isinstance(value, bool):
+        return f"the boolean {str(value).lower()}"
+    if isinstance(value, int):
+        return f"the integer {value}"
+    if isinstance(value, float):
+        return f"the number {value}"
+    if isinstance(value, list):
+        return f"an array {value!r}"
+    return f"{type(value).__name__} {value!r}"
+
+
 def _fill(cls, table: dict[str, Any], where: str, section: str):
+    if not isinstance(table, dict):
+        raise InputError(f"{where}: [{section}] must be a table of settings ([{section}] with key = value lines), "
+                         f"got {_kind(table)}")
     known = {f for f in cls.__dataclass_fields__}
     unknown = sorted(set(table) - known)
     if unknown:
@@ -200,8 +236,11 @@ def validate(recipe: Recipe) -> Recipe:
         _check_guidance(p.factor, p.stop_step, p.filter, recipe.image_size, key, where)
         if p.count[0] < 0 or p.count[1] > 8:
             raise InputError(f"{where}: {key}.count must lie in [0, 8], got {list(p.count)}")
-        if p.size[0] < 3 or p.size[1] > recipe.image_size // 2:
-            raise InputError(f"{where}: {key}.size {list(p.size)} must lie in [3, image_size/2 = {recipe.image_size // 2}]")
+        lo, hi = patch_side_range(p.source)
+        hi = recipe.image_size // 2 if hi is None else min(hi, recipe.image_size // 2)
+        if p.size[0] < lo or p.size[1] > hi:
+            raise InputError(f"{where}: {key}.size = {list(p.size)} must lie in [{lo}, {hi}] for source "
+                             f"{p.source!r} (at most image_size/2 = {recipe.image_size // 2})")
         if not 0.0 < p.min_overlap <= 1.0:
             raise InputError(f"{where}: {key}.min_overlap must lie in (0, 1], got {p.min_overlap}")
         if p.sigma_scale <= 0:
@@ -223,6 +262,13 @@ def recipe_from_dict(data: dict[str, Any], source: str = "<dict>") -> Recipe:
     pathology = data.get("pathology", [])
     if isinstance(pathology, dict):
         pathology = [pathology]
+    elif not isinstance(pathology, list):
+        raise InputError(f"{source}: pathology must be a table ([pathology]) or an array of tables "
+                         f"([[pathology]] sections), got {_kind(pathology)}")
+    for k, p in enumerate(pathology):
+        if not isinstance(p, dict):
+            raise InputError(f"{source}: pathology[{k}] must be a table of settings ([[pathology]] with "
+                             f"source = ..., size = ... lines), got {_kind(p)}")
     recipe = Recipe(
         modality=top.modality, image_size=top.image_size, seed=top.seed,
         sampler=_fill(SamplerSpec, data.get("sampler", {}), source, "sampler"),
@@ -235,11 +281,21 @@ def recipe_from_dict(data: dict[str, Any], source: str = "<dict>") -> Recipe:
 
 
 def load_recipe(path: str | Path) -> Recipe:
+    from mcfast.io.paths import os_error_line
+
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"{path}: recipe file not found")
+        try:
+            path.stat()
+        except FileNotFoundError:
+            raise InputError(f"{path}: recipe file not found") from None
+        except OSError as exc:  # a symlink loop is not "not found"
+            raise InputError(os_error_line(exc, path)) from None
+        raise InputError(f"{path}: is a folder, expected a recipe file (TOML)")
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"{path}: not a valid TOML recipe ({exc})") from None
+    except OSError as exc:
+        raise InputError(os_error_line(exc, path)) from None
     return recipe_from_dict(data, source=str(path))

@@ -22,6 +22,25 @@ if TYPE_CHECKING:
 
 IMAGE_SUFFIXES = (".png", ".pgm", ".tif", ".tiff", ".npy", ".dcm", "")
 
+# The source names load_anatomy / load_patch serve; recipe validation checks against these same tuples.
+ANATOMY_SOURCES = ("phantom", "file", "folder", "prepared")
+PATHOLOGY_SOURCES = ("synthetic", "msd", "voc", "mias")
+
+# Patch side (pixels) each pathology source can produce: resize_patch keeps at least MIN_PATCH_SIDE, and
+# procedural patches need mcfast.pathology.synthetic's bounds. Recipe validation checks pathology.size
+# against these same numbers, so a size it accepts is one sampling can draw.
+MIN_PATCH_SIDE = 3
+MAX_SYNTHETIC_PATCH = 1024  # the upper bound of mcfast.pathology.synthetic._check_patch_size
+
+
+def patch_side_range(source: str) -> tuple[int, int | None]:
+    """(smallest, largest or None) patch side ``source`` can produce."""
+    if source == "synthetic":
+        from mcfast.pathology.synthetic import MIN_PATCH
+
+        return max(MIN_PATCH, MIN_PATCH_SIDE), MAX_SYNTHETIC_PATCH
+    return MIN_PATCH_SIDE, None
+
 
 @dataclass
 class Anatomy:
@@ -180,6 +199,9 @@ def load_anatomy(modality: str, source: str, path: str, size: int, seed: int, rn
         return _framed_breast_phantom(size, seed)
     p = Path(path)
     if not p.exists():
+        from mcfast.io.paths import check_input_path
+
+        check_input_path(p)  # a symlink loop says so
         raise InputError(f"{p}: anatomy path not found")
     if source == "prepared":
         return _prepared_anatomy(modality, p, size, rng, slice_index)
@@ -278,9 +300,7 @@ def load_patch(modality: str, source: str, path: str, rng: np.random.Generator, 
         if modality != "ct":
             raise InputError("pathology source 'msd' holds lung CT tumours; it needs modality = 'ct'")
         msd = _msd(path)
-        usable = np.flatnonzero(np.asarray(msd.masks).reshape(len(msd.masks), -1).any(axis=1))
-        if usable.size == 0:
-            raise InputError(f"{path}: every MSD patch has an empty tumour mask")
+        usable = _msd_usable(path)
         k = int(usable[rng.integers(usable.size)])  # some patches hold no tumour pixels
         lo, hi = MSD_HU_RANGE
         patch = P.extract_msd_patch(lo + (hi - lo) * np.asarray(msd.images[k]).squeeze(),
@@ -304,8 +324,58 @@ def load_patch(modality: str, source: str, path: str, rng: np.random.Generator, 
         # provenance: it flows through PlacedLesion.meta into meta.json and the COCO attributes
         patch.meta.update(mias_ref=rec.ref, mias_class=ab.cls, mias_severity=ab.severity)
     else:
-        raise InputError(f"unknown pathology source {source!r}")
+        raise InputError(f"unknown pathology source {source!r}; expected one of {', '.join(PATHOLOGY_SOURCES)}")
     return resize_patch(patch, side)
+
+
+def _msd_usable(path: str) -> np.ndarray:
+    """Indices of the MSD patches whose tumour mask is not empty (an empty file or all-empty masks refused)."""
+    msd = _msd(path)
+    if len(msd.masks) == 0:
+        raise InputError(f"{path}: the MSD file holds no patches (0 images)")
+    usable = np.flatnonzero(np.asarray(msd.masks).reshape(len(msd.masks), -1).any(axis=1))
+    if usable.size == 0:
+        raise InputError(f"{path}: every MSD patch ({len(msd.masks)}) has an empty tumour mask")
+    return usable
+
+
+def check_recipe_sources(recipe) -> None:
+    """Open every file a recipe names (cached, so sampling does not read them twice) before any output is
+    made: a missing path, an empty MSD file or a MIAS folder without masses is one line naming the recipe
+    file and key, not an error after the model is loaded and the output folder started."""
+    from mcfast.io.paths import check_input_path
+
+    def fail(key: str, path: str, exc: InputError):
+        msg = str(exc)
+        msg = msg[len(path) + 2:] if msg.startswith(f"{path}: ") else msg  # the key already names the path
+        raise InputError(f"{recipe.source}: {key} = {path!r}: {msg}") from None
+
+    a = recipe.anatomy
+    if a.source != "phantom":
+        try:
+            check_input_path(a.path)
+            if a.source == "prepared":
+                _prepared_items(str(Path(a.path)))
+            elif a.source == "folder" and not Path(a.path).is_dir():
+                raise InputError(f"{a.path}: anatomy.source = 'folder' needs a folder")
+            elif a.source == "file":  # one file (or a cached DICOM series): read it once now
+                load_anatomy(recipe.modality, a.source, a.path, recipe.image_size, recipe.seed,
+                             np.random.default_rng(0), a.slice_index)
+        except InputError as exc:
+            fail("anatomy.path", a.path, exc)
+    for k, p in enumerate(recipe.pathology):
+        if p.source == "synthetic":
+            continue
+        try:
+            check_input_path(p.path)
+            if p.source == "msd":
+                _msd_usable(p.path)
+            elif p.source == "voc":
+                _voc(p.path)
+            elif p.source == "mias":
+                _mias(p.path)
+        except InputError as exc:
+            fail(f"pathology[{k}].path", p.path, exc)
 
 
 def resize_patch(patch: Patch, side: int) -> Patch:
@@ -314,7 +384,7 @@ def resize_patch(patch: Patch, side: int) -> Patch:
 
     h, w = patch.shape
     scale = side / max(h, w)
-    shape = (max(3, round(h * scale)), max(3, round(w * scale)))
+    shape = (max(MIN_PATCH_SIDE, round(h * scale)), max(MIN_PATCH_SIDE, round(w * scale)))
     if shape == (h, w):
         return patch
     image = resize(patch.image, shape, order=1, anti_aliasing=scale < 1, preserve_range=True)

@@ -66,6 +66,9 @@ def load_image(path: Path, npy_range: tuple[float, float] | None = None) -> np.n
     if path.suffix.lower() == ".npy":
         arr = np.load(path, allow_pickle=False)
         arr = arr.reshape(arr.shape[-2:])
+        # Before any mapping: clipping to --npy-range would pass NaN through into the loss.
+        if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+            raise InputError(f"{path}: array contains NaN or infinite values")
         if npy_range is not None:
             lo, hi = npy_range
             unit = (np.clip(arr.astype(np.float64), lo, hi) - lo) / (hi - lo)
@@ -73,9 +76,7 @@ def load_image(path: Path, npy_range: tuple[float, float] | None = None) -> np.n
             unit = arr.astype(np.float64) / np.iinfo(arr.dtype).max
         else:
             arr = arr.astype(np.float32)
-            lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
-            if not np.isfinite(arr).all():
-                raise InputError(f"{path}: array contains NaN or infinite values")
+            lo, hi = float(arr.min()), float(arr.max())
             if lo < -1 - RANGE_TOLERANCE or hi > 1 + RANGE_TOLERANCE:
                 raise InputError(f"{path}: float values span [{lo:g}, {hi:g}], outside [-1, 1]; "
                                  f"pass --npy-range lo,hi to map them")

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from mcfast.atomic import atomic_path, write_text
 from mcfast.diffusion.gaussian import GaussianDiffusion, create_diffusion
 from mcfast.diffusion.samplers import sample
-from mcfast.errors import CheckpointError, InputError
+from mcfast.errors import CheckpointError, InputError, McfastError
 from mcfast.train import checkpoint as ckpt
 from mcfast.train.ddp import DistInfo, all_gather_cat, barrier, current_dist_info
 from mcfast.train.crops import apply_crops, draw_crop_boxes, pick_foreground_boxes
@@ -35,6 +35,10 @@ from mcfast.train.timesteps import create_timestep_sampler
 LOG_FILE = "log.jsonl"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 CROP_CANDIDATES = 8  # crop positions drawn per item when a least foreground share is asked for
+
+
+class TrainingDiverged(McfastError):
+    """The loss or gradient became NaN or infinite; nothing of that step was saved."""
 
 
 @dataclass
@@ -63,9 +67,40 @@ class TrainConfig:
     min_snr_gamma: float = 0.0     # Min-SNR-γ weighting of the ε-MSE (0: off, the improved-DDPM objective)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+    def from_dict(cls, d: dict[str, Any], source: str = "training settings") -> "TrainConfig":
+        """Settings from a mapping (a run's config.json "train" block merged with options); a value of the
+        wrong kind is an InputError naming ``source`` and the key. Keys of other versions are ignored."""
+        values = {}
+        for f in fields(cls):
+            if f.name not in d:
+                continue
+            value, kind = d[f.name], type(f.default)
+            fits = (isinstance(value, bool) if kind is bool else
+                    isinstance(value, int) and not isinstance(value, bool) if kind is int else
+                    isinstance(value, (int, float)) and not isinstance(value, bool) if kind is float else
+                    isinstance(value, kind))
+            if not fits:
+                raise InputError(f"{source}: {f.name} = {value!r} should be {kind.__name__}")
+            values[f.name] = kind(value)
+        return cls(**values)
+
+    def check(self) -> None:
+        """Refuse values no run can use (InputError naming the option)."""
+        positive = {"batch_size": self.batch_size, "save_every": self.save_every, "log_every": self.log_every,
+                    "sample_n": self.sample_n, "sample_steps": self.sample_steps}
+        for name, value in positive.items():
+            if value < 1:
+                raise InputError(f"--{name.replace('_', '-')} {value}: must be at least 1")
+        if not 0.0 <= self.ema_rate < 1.0:
+            raise InputError(f"--ema-rate {self.ema_rate}: must be in [0, 1)")
+        for name in ("lr", "weight_decay", "grad_clip", "min_snr_gamma"):  # lr 0: frozen weights, e.g. a test
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise InputError(f"--{name.replace('_', '-')} {value}: must be a number >= 0")
+        if not 0.0 <= self.crop_foreground < 1.0:
+            raise InputError(f"--crop-foreground {self.crop_foreground}: must be in [0, 1)")
+        if self.max_steps < 0 or self.sample_every < 0 or self.num_workers < 0 or self.crop_size < 0:
+            raise InputError("--max-steps, --sample-every, --num-workers and --crop must be >= 0")
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -170,15 +205,23 @@ class Trainer:
         # Dropout draws from torch's global RNG: seed it per rank so runs repeat (saved on checkpoints).
         torch.manual_seed(config.seed * 7919 + self.info.rank)
         self.step = 0
+        if self.out_dir.exists() and not self.out_dir.is_dir():
+            raise InputError(f"{self.out_dir}: is a file; --out must be a run folder")
+        if not resume and ckpt.has_checkpoint(self.out_dir):
+            raise InputError(f"{self.out_dir}: already holds a run; pass --resume to continue it "
+                             f"or choose another --out")
+        if self.info.is_main:
+            try:
+                self.out_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise InputError(f"{self.out_dir}: cannot create the run folder ({exc.strerror})") from None
+            ckpt.clean_unpublished(self.out_dir)  # what a save killed half-way left behind
         if resume:
             self._resume()
         elif init_weights is not None:
             # Warm start: weights only (optimizer, step and RNG start fresh), into both the raw and EMA copy.
             ckpt.load_state_strict(self.model, init_weights, "--init weights")
             ckpt.load_state_strict(self.ema_model, init_weights, "--init weights")
-        elif (self.out_dir / ckpt.CONFIG_FILE).exists():
-            raise InputError(f"{self.out_dir}: already holds a run (config.json); pass --resume to continue it "
-                             f"or choose another --out")
         self.ddp_model: nn.Module = self.model
         if self.info.distributed:
             from torch.nn.parallel import DistributedDataParallel
@@ -188,7 +231,8 @@ class Trainer:
     # -- set-up -----------------------------------------------------------------------------
     def _check_settings(self, model: nn.Module) -> None:
         c = self.config
-        if c.batch_size < 1 or c.batch_size % self.info.world_size != 0:
+        c.check()
+        if c.batch_size % self.info.world_size != 0:
             raise InputError(f"batch size {c.batch_size} must be a positive multiple of the {self.info.world_size} "
                              f"processes")
         if len(self.dataset) == 0:
@@ -206,8 +250,6 @@ class Trainer:
                                  f"{mc['in_channels']} channel(s) and at least {c.crop_size} pixels a side")
         elif tuple(first.shape) != expected:
             raise InputError(f"dataset images have shape {tuple(first.shape)}, the model expects {expected}")
-        if c.max_steps < 0 or c.save_every < 1 or c.log_every < 1:
-            raise InputError("max_steps must be >= 0 and save_every, log_every >= 1")
 
     def _run_config(self) -> dict[str, Any]:
         rng: dict[str, Any] = {"generator": self.generator.get_state().tolist(),
@@ -222,12 +264,13 @@ class Trainer:
 
     def _resume(self) -> None:
         config, weights, opt_tensors = ckpt.load_checkpoint(self.out_dir)
-        source = self.out_dir / ckpt.MODEL_FILE
+        folder = ckpt.checkpoint_dir(self.out_dir)
+        source = folder / ckpt.MODEL_FILE
         if {"mid_attention": True, **config["model"]} != self.model.model_config():  # runs from before the key
-            raise CheckpointError(f"{self.out_dir / ckpt.CONFIG_FILE}: model settings {config['model']} differ from "
+            raise CheckpointError(f"{folder / ckpt.CONFIG_FILE}: model settings {config['model']} differ from "
                                   f"the model being trained")
         if config["diffusion"] != self.diffusion_kwargs:
-            raise CheckpointError(f"{self.out_dir / ckpt.CONFIG_FILE}: diffusion settings {config['diffusion']} "
+            raise CheckpointError(f"{folder / ckpt.CONFIG_FILE}: diffusion settings {config['diffusion']} "
                                   f"differ from {self.diffusion_kwargs}")
         ckpt.load_state_strict(self.model, ckpt.split_prefix(weights, "model"), source)
         ckpt.load_state_strict(self.ema_model, ckpt.split_prefix(weights, "ema"), source)
@@ -240,7 +283,7 @@ class Trainer:
             if self.device.type == "cuda" and "cuda" in rng:
                 torch.cuda.set_rng_state(torch.tensor(rng["cuda"], dtype=torch.uint8), self.device)
         except (KeyError, ValueError, RuntimeError, TypeError) as exc:
-            raise CheckpointError(f"{self.out_dir / ckpt.OPTIMIZER_FILE}: optimizer or RNG state does not fit "
+            raise CheckpointError(f"{folder / ckpt.OPTIMIZER_FILE}: optimizer or RNG state does not fit "
                                   f"this run ({exc})") from None
         for group in self.optimizer.param_groups:  # the new run's lr wins (allows changing it on resume)
             group["lr"] = self.config.lr
@@ -252,11 +295,23 @@ class Trainer:
             self._truncate_log(self.step)
 
     def _truncate_log(self, step: int) -> None:
-        """Drop log lines written after the checkpoint (an interrupted run may have gone further)."""
+        """Drop log lines written after the checkpoint (an interrupted run may have gone further), and a
+        last line a kill cut short."""
         path = self.out_dir / LOG_FILE
         if not path.exists():
             return
-        kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+        lines = [line for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+        kept = []
+        for number, line in enumerate(lines, 1):
+            try:
+                record = json.loads(line)
+                line_step = int(record["step"])
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                if number == len(lines):  # an append interrupted by the kill that ended the run
+                    break
+                raise CheckpointError(f"{path}: line {number} is not a log record ({line[:60]!r})") from None
+            if line_step <= step:
+                kept.append(line)
         write_text(path, "".join(line + "\n" for line in kept))
 
     # -- one step ---------------------------------------------------------------------------
@@ -312,12 +367,18 @@ class Trainer:
         return {"loss": float(mean[0]), "mse": float(mean[1]), "vb": float(mean[2])}
 
     def optimizer_step(self) -> float:
-        """Clip, step, update EMA; returns the gradient norm before clipping."""
+        """Clip, step, update EMA; returns the gradient norm before clipping.
+
+        Raises :class:`TrainingDiverged` (weights untouched) on a non-finite gradient, except under fp16
+        loss scaling, whose scaler skips such steps by design.
+        """
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         params = [p for p in self.model.parameters() if p.grad is not None]
         max_norm = self.config.grad_clip if self.config.grad_clip > 0 else float("inf")
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+        if self.scaler is None and not math.isfinite(grad_norm):
+            self._diverged("gradient norm", grad_norm)
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -352,6 +413,8 @@ class Trainer:
         try:
             for x0 in loader:
                 terms = self.forward_backward(x0)
+                if not math.isfinite(terms["loss"]):
+                    self._diverged("loss", terms["loss"])
                 terms["grad_norm"] = self.optimizer_step()
                 bar.update(1)
                 bar.set_postfix(loss=f"{terms['loss']:.4f}")
@@ -368,6 +431,13 @@ class Trainer:
         finally:
             bar.close()
         return records
+
+    def _diverged(self, what: str, value: float) -> None:
+        last = ckpt.read_config(self.out_dir)["step"] if ckpt.has_checkpoint(self.out_dir) else None
+        kept = (f"the last checkpoint (step {last}) in {self.out_dir} is kept" if last is not None
+                else "no checkpoint was written")
+        raise TrainingDiverged(f"step {self.step + 1}: {what} is {value} (non-finite); training stopped before "
+                               f"the weights changed and {kept}; check the data or lower --lr")
 
     def _append_log(self, record: dict) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)

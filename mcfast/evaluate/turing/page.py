@@ -1,6 +1,7 @@
 """The reader's page: one HTML document, its stylesheet and script, kept as strings so the package needs no data files.
 
-The page never learns anything but opaque image ids, the reader's progress and the display window.
+The page never learns anything but opaque image ids, the reader's name and progress and the display window; the
+reader signs in with the code from their invitation (typed, or from a link's ``#code=``).
 """
 
 INDEX_HTML = """<!doctype html>
@@ -17,7 +18,8 @@ INDEX_HTML = """<!doctype html>
   <h1>Visual Turing Test</h1>
   <div id="status" hidden>
     <span id="reader"></span>
-    <button id="switch" class="link" type="button" title="Sign in as another reader">switch reader</button>
+    <button id="switch" class="link" type="button"
+            title="Sign out (your code signs you in again)">switch reader</button>
     <span id="progress"></span>
     <div class="bar"><div id="bar-fill"></div></div>
   </div>
@@ -28,10 +30,12 @@ INDEX_HTML = """<!doctype html>
     <h2>Welcome</h2>
     <p>You will see a mix of <b>real</b> and <b>synthetic</b> medical images, one at a time.
        For each image decide whether it is <b>Real</b> or <b>Fake</b> and how confident you are.</p>
-    <p>Your answers are saved as you go; enter the same name later to resume.</p>
+    <p>Open the personal link you were given, or enter your reader code. Your answers are saved as you go;
+       use the same link or code later to resume.</p>
     <form id="login-form" autocomplete="off">
-      <label for="name">Your name</label>
-      <input id="name" name="name" maxlength="60" required autofocus>
+      <label for="code">Your reader code</label>
+      <input id="code" name="code" maxlength="60" required autofocus spellcheck="false"
+             placeholder="XXXXX-XXXXX-XXXXX-XXXXX">
       <button id="start" type="submit" class="primary">Start</button>
     </form>
     <p id="login-error" class="error" role="alert"></p>
@@ -174,7 +178,7 @@ function render(next) {
   if (!state.reader) {
     $("status").hidden = true;
     show("login");
-    $("name").focus();
+    $("code").focus();
     return;
   }
   $("status").hidden = false;
@@ -262,7 +266,7 @@ function setup() {
   $("login-form").addEventListener("submit", async (ev) => {
     ev.preventDefault();
     $("login-error").textContent = "";
-    try { render(await api("/api/session", { name: $("name").value })); }
+    try { render(await api("/api/session", { code: $("code").value })); }
     catch (e) { $("login-error").textContent = e.message; }
   });
   $("switch").addEventListener("click", async () => { render(await api("/api/logout", {})); });
@@ -315,10 +319,28 @@ function setup() {
     else if (ev.key === "-") zoomAt(1 / 1.25);
     else if (ev.key === "0") fitView();
   });
-  api("/api/state").then(render).catch(() => {
-    $("login-error").textContent = "Cannot reach the server.";
+  // A link opened in a tab already showing the page changes only the fragment: no reload, so listen for it.
+  window.addEventListener("hashchange", () => { if (codeFromLink()) start(); });
+  start();
+}
+
+function codeFromLink() {
+  return new URLSearchParams(location.hash.slice(1)).get("code");
+}
+
+async function start() {
+  // A personal link carries the code after "#": the fragment never reaches the server or its logs. It is
+  // removed from the address bar at once, so it stays out of the history and off the screen.
+  const code = codeFromLink();
+  if (code) history.replaceState(null, "", location.pathname + location.search);
+  $("login-error").textContent = "";
+  try {
+    render(await (code ? api("/api/session", { code }) : api("/api/state")));
+  } catch (e) {
+    $("login-error").textContent = e.status ? e.message : "Cannot reach the server.";
+    $("status").hidden = true;
     show("login");
-  });
+  }
 }
 document.addEventListener("DOMContentLoaded", setup);
 """

@@ -1,11 +1,17 @@
 """Render study images for display: read PNG / NPY / DICOM, window CT, resize to one size, encode a bare PNG.
 
-Every image leaves here as an 8-bit grayscale PNG of the same square size with no metadata chunks, so nothing but
-the pixels can tell a reader (or the browser's dev tools) where an image came from.
+Every image leaves here as an 8-bit grayscale PNG of the same square size with no metadata chunks and with its
+pixels *stored*, not compressed (deflate block type 0). A compressed PNG's length follows the image's smoothness,
+and that alone told real from synthetic images apart; a stored PNG's length depends only on its width and height,
+so every image of a study has the same bytes count and nothing but the pixels can tell a reader (or the browser's
+dev tools) where an image came from.
 """
 from __future__ import annotations
 
 import io
+import math
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -49,18 +55,12 @@ def _stretch(values: np.ndarray) -> np.ndarray:
 
 
 def _read_png(path: Path) -> np.ndarray:
-    try:
-        with Image.open(path) as img:
-            img.load()
-            mode = img.mode
-            if mode in ("I;16", "I;16B", "I;16L", "I"):
-                pixels = np.asarray(img, dtype=np.float64)
-                # PIL opens 16-bit PNGs as I;16 or I; both hold 0..65535.
-                return _as_2d(pixels, path) / 65535.0
-            pixels = np.asarray(img.convert("L"), dtype=np.float64)
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise InputError(f"{path}: cannot read PNG ({exc})") from None
-    return _as_2d(pixels, path) / 255.0
+    # mcfast's one raster reader: it refuses colour, palette and transparent images with a line naming the file
+    # (a grayscale picture saved as RGB passes), where a convert("L") here would turn colour gray without a word.
+    from mcfast.io.images import read_raster
+
+    pixels, _ = read_raster(path, normalize=True)  # 8-bit / 255, 16-bit / 65535
+    return _as_2d(pixels, path)
 
 
 def _read_npy(path: Path) -> np.ndarray:
@@ -124,17 +124,69 @@ def fit_square(display: np.ndarray, size: int) -> np.ndarray:
     return canvas
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_STORED_BLOCK = 65535  # the most bytes one stored deflate block holds
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def stored_png_length(height: int, width: int) -> int:
+    """The byte length of :func:`encode_png`'s output for a ``height`` x ``width`` image, whatever its pixels."""
+    raw = height * (width + 1)
+    blocks = max(1, math.ceil(raw / _STORED_BLOCK))
+    idat = 2 + 5 * blocks + raw + 4  # zlib header, a 5-byte header per stored block, the rows, Adler-32
+    return len(PNG_SIGNATURE) + (12 + 13) + (12 + idat) + 12
+
+
+def png_header(height: int, width: int) -> bytes:
+    """Signature and IHDR chunk of an 8-bit grayscale, non-interlaced PNG: the first 33 bytes of every study image."""
+    return PNG_SIGNATURE + _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+
+
 def encode_png(pixels: np.ndarray) -> bytes:
-    """Encode uint8 (H, W) pixels as a grayscale PNG with only IHDR, IDAT and IEND chunks."""
-    buffer = io.BytesIO()
-    # A fresh Image from an array carries no info dict, so PIL writes no text, time or gamma chunks.
-    Image.fromarray(np.ascontiguousarray(pixels, dtype=np.uint8)).save(buffer, format="PNG", compress_level=6)
-    return buffer.getvalue()
+    """Encode uint8 (H, W) pixels as a grayscale PNG with only IHDR, IDAT and IEND chunks, pixels stored.
+
+    The zlib stream is written here block by block (no compression, filter type 0 on every row) rather than with
+    ``zlib.compress(level=0)``, so that its length is fixed by the format, not by how a zlib version splits blocks:
+    ``len(encode_png(p)) == stored_png_length(*p.shape)`` for all pixels ``p``.
+    """
+    pixels = np.ascontiguousarray(pixels, dtype=np.uint8)
+    if pixels.ndim != 2 or pixels.size == 0:
+        raise InputError(f"expected a non-empty 2-D uint8 image, got shape {tuple(pixels.shape)}")
+    height, width = pixels.shape
+    rows = np.zeros((height, width + 1), dtype=np.uint8)  # column 0: filter type 0 (None) for every row
+    rows[:, 1:] = pixels
+    raw = rows.tobytes()
+    parts = [b"\x78\x01"]  # zlib header: deflate, 32 KiB window, "fastest" level; 0x7801 % 31 == 0
+    starts = range(0, len(raw), _STORED_BLOCK)
+    for start in starts:
+        block = raw[start:start + _STORED_BLOCK]
+        final = 1 if start + _STORED_BLOCK >= len(raw) else 0
+        parts.append(struct.pack("<BHH", final, len(block), len(block) ^ 0xFFFF) + block)
+    parts.append(struct.pack(">I", zlib.adler32(raw)))
+    data = png_header(height, width) + _chunk(b"IDAT", b"".join(parts)) + _chunk(b"IEND", b"")
+    assert len(data) == stored_png_length(height, width)
+    return data
+
+
+def decode_png(data: bytes, path: Path | str = "PNG") -> np.ndarray:
+    """The uint8 (H, W) pixels of an 8-bit grayscale PNG byte string (a rendered study image)."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+            mode, pixels = img.mode, np.asarray(img, dtype=np.uint8).copy()
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise InputError(f"{path}: cannot read PNG ({' '.join(str(exc).split())})") from None
+    if mode != "L":
+        raise InputError(f"{path}: a study image must be 8-bit grayscale, this one is {mode}")
+    return pixels
 
 
 def png_chunk_types(data: bytes) -> list[str]:
     """Chunk types of a PNG byte string, in order (used to check that no metadata is served)."""
-    if data[:8] != b"\x89PNG\r\n\x1a\n":
+    if data[:8] != PNG_SIGNATURE:
         raise InputError("not a PNG stream")
     types, offset = [], 8
     while offset + 8 <= len(data):

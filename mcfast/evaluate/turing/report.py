@@ -11,7 +11,11 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-from matplotlib.figure import Figure
+
+from mcfast.extras import require
+
+require("matplotlib", extra="turing", feature="the Turing report")
+from matplotlib.figure import Figure  # noqa: E402
 
 from mcfast.atomic import write_text
 from mcfast.evaluate.turing.stats import Proportion, fleiss_kappa, performance, rating_table

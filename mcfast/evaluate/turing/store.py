@@ -1,13 +1,18 @@
-"""SQLite storage of a Turing study: the image list (id → file, truth), readers and their answers.
+"""SQLite storage of a Turing study: the image list (id → file, truth), readers, their sessions and answers.
 
 The database runs in WAL mode with ``synchronous=FULL`` and every answer is one transaction, so an answer the
 server acknowledged survives a crash or restart. Each request opens its own short-lived connection, which keeps the
 store safe under uvicorn's thread pool without a shared connection or lock.
+
+A reader is invited by name (:meth:`Store.invite`) and gets a random code; the code, not the name, signs them in,
+and each sign-in opens a session whose random token is the browser's cookie. Only SHA-256 hashes of codes and
+session tokens are stored, so the database file does not hold anything that signs a reader in.
 """
 from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import hashlib
 import re
 import secrets
 import sqlite3
@@ -18,10 +23,25 @@ from typing import Iterator
 from mcfast.atomic import atomic_path
 from mcfast.errors import InputError
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 TRUTHS = ("real", "synthetic")
 CONFIDENCE_LEVELS = (1, 2, 3, 4, 5)
 MAX_NAME_LENGTH = 60
+# Reader codes: 20 symbols from 31 that are hard to confuse when typed (no 0/O, 1/I/L), about 99 random bits.
+CODE_ALPHABET = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"
+CODE_LENGTH = 20
+_READERS_V2 = ("""
+CREATE TABLE readers (
+    reader_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL UNIQUE COLLATE NOCASE,     -- shown in the report, never used to sign in
+    code_hash TEXT UNIQUE,                        -- SHA-256 of the reader's code, NULL until one is issued
+    created_at TEXT NOT NULL
+)""", """
+CREATE TABLE sessions (
+    token_hash TEXT PRIMARY KEY,                  -- SHA-256 of the session cookie
+    reader_id INTEGER NOT NULL REFERENCES readers(reader_id),
+    created_at TEXT NOT NULL
+)""")
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE images (
@@ -32,12 +52,6 @@ CREATE TABLE images (
     window TEXT,                                  -- CT display window, NULL when shown as is
     source TEXT NOT NULL                          -- original file, for the report only
 );
-CREATE TABLE readers (
-    reader_id INTEGER PRIMARY KEY AUTOINCREMENT,
-    name TEXT NOT NULL UNIQUE COLLATE NOCASE,
-    token TEXT NOT NULL UNIQUE,
-    created_at TEXT NOT NULL
-);
 CREATE TABLE answers (
     reader_id INTEGER NOT NULL REFERENCES readers(reader_id),
     image_id TEXT NOT NULL REFERENCES images(image_id),
@@ -47,7 +61,7 @@ CREATE TABLE answers (
     answered_at TEXT NOT NULL,
     PRIMARY KEY (reader_id, image_id)
 );
-"""
+""" + "".join(f"{statement};\n" for statement in _READERS_V2)
 
 
 class AnswerRejected(Exception):
@@ -68,7 +82,6 @@ class StudyImage:
 class Reader:
     reader_id: int
     name: str
-    token: str
 
 
 @dataclass(frozen=True)
@@ -95,6 +108,33 @@ def normalize_name(name: str) -> str:
     return cleaned
 
 
+def normalize_names(names: list[str]) -> list[str]:
+    """:func:`normalize_name` of each; a name given twice (ignoring case, as the store does) is refused."""
+    cleaned = [normalize_name(name) for name in names]
+    seen: set[str] = set()
+    for name in cleaned:
+        if name.casefold() in seen:
+            raise InputError(f"reader name {name!r} is given twice")
+        seen.add(name.casefold())
+    return cleaned
+
+
+def normalize_code(code: str) -> str:
+    """A typed or pasted reader code: case, spaces and dashes do not matter."""
+    return re.sub(r"[\s-]+", "", str(code)).upper()
+
+
+def new_code() -> str:
+    """A fresh reader code, grouped in fives for reading aloud: ``XXXXX-XXXXX-XXXXX-XXXXX``."""
+    raw = "".join(secrets.choice(CODE_ALPHABET) for _ in range(CODE_LENGTH))
+    return "-".join(raw[k:k + 5] for k in range(0, CODE_LENGTH, 5))
+
+
+def _digest(secret: str) -> str:
+    # A plain hash is enough: codes and session tokens are long random strings, not passwords a guess could find.
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
 class Store:
     """Access to one study database (``study.sqlite3``)."""
 
@@ -106,6 +146,8 @@ class Store:
             version = self.meta().get("schema_version")
         except sqlite3.DatabaseError as exc:
             raise InputError(f"{self.db_path}: not a Turing study database ({exc})") from None
+        if version == "1":
+            version = self._upgrade_from_v1()
         if version != SCHEMA_VERSION:
             raise InputError(f"{self.db_path}: study schema version {version!r}, this mcfast reads {SCHEMA_VERSION}")
 
@@ -128,6 +170,44 @@ class Store:
             finally:
                 conn.close()  # checkpoints and removes the -wal file before the rename
         return cls(db_path)
+
+    def _upgrade_from_v1(self) -> str:
+        """Schema 1 signed readers in by name: drop its sessions, keep readers and answers; one transaction.
+
+        Readers keep their answers and name but have no code until ``mcfast turing invite`` issues one. Their old
+        session cookies stop working: a cookie handed out for a typed name may belong to whoever typed it.
+        """
+        try:
+            conn = sqlite3.connect(self.db_path, timeout=10.0, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise InputError(f"{self.db_path}: cannot open the study to upgrade it ({exc})") from None
+        try:
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA foreign_keys=OFF")  # the readers table is rebuilt under answers' reference
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
+                if version == "1":  # not upgraded meanwhile by another process
+                    rows = conn.execute("SELECT reader_id, name, created_at FROM readers").fetchall()
+                    conn.execute("DROP TABLE readers")
+                    for statement in _READERS_V2:
+                        conn.execute(statement)
+                    conn.executemany("INSERT INTO readers (reader_id, name, code_hash, created_at) "
+                                     "VALUES (?, ?, NULL, ?)", rows)
+                    if conn.execute("PRAGMA foreign_key_check").fetchall():
+                        raise sqlite3.IntegrityError("answers of unknown readers")
+                    conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (SCHEMA_VERSION,))
+                    version = SCHEMA_VERSION
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise InputError(f"{self.db_path}: cannot upgrade the study database to schema {SCHEMA_VERSION} "
+                             f"({exc}); it is unchanged") from None
+        finally:
+            conn.close()
+        return version
 
     @contextlib.contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -171,23 +251,71 @@ class Store:
             return conn.execute("SELECT COUNT(*) FROM images").fetchone()[0]
 
     def reader_by_token(self, token: str | None) -> Reader | None:
+        """The reader whose session cookie is ``token``, or None."""
         if not token:
             return None
         with self._connect() as conn:
-            row = conn.execute("SELECT reader_id, name, token FROM readers WHERE token = ?", (token,)).fetchone()
+            row = conn.execute("SELECT r.reader_id, r.name FROM sessions s JOIN readers r USING (reader_id) "
+                               "WHERE s.token_hash = ?", (_digest(str(token)),)).fetchone()
         return Reader(*row) if row else None
 
-    def reader_for_name(self, name: str) -> Reader:
-        """The reader called ``name`` (case-insensitive), created when new; an existing reader resumes."""
-        name = normalize_name(name)
+    def sign_in(self, code: str) -> tuple[Reader, str] | None:
+        """Open a session for the reader holding ``code``: (reader, session token), or None for an unknown code."""
+        code = normalize_code(code)
+        if not code:
+            return None
+        token = secrets.token_urlsafe(32)
         with self._transaction() as conn:
-            row = conn.execute("SELECT reader_id, name, token FROM readers WHERE name = ?", (name,)).fetchone()
-            if row:
-                return Reader(*row)
-            token = secrets.token_urlsafe(32)
-            cur = conn.execute("INSERT INTO readers (name, token, created_at) VALUES (?, ?, ?)",
-                               (name, token, _now()))
-            return Reader(cur.lastrowid, name, token)
+            row = conn.execute("SELECT reader_id, name FROM readers WHERE code_hash = ?",
+                               (_digest(code),)).fetchone()
+            if row is None:
+                return None
+            conn.execute("INSERT INTO sessions VALUES (?, ?, ?)", (_digest(token), row[0], _now()))
+        return Reader(*row), token
+
+    def sign_out(self, token: str | None) -> None:
+        """End the session ``token`` (the reader's other sessions and code stay valid)."""
+        if token:
+            with self._transaction() as conn:
+                conn.execute("DELETE FROM sessions WHERE token_hash = ?", (_digest(str(token)),))
+
+    def invite(self, names: list[str], renew: bool = False) -> list[tuple[Reader, str]]:
+        """Issue a code to each reader in ``names``: [(reader, code)], all in one transaction (all or none).
+
+        A new name becomes a reader. A reader who already has a code keeps it unless ``renew``, which replaces the
+        code and ends the reader's sessions (for a lost or leaked code); their answers stay. Only the codes' hashes
+        are stored, so the codes returned here cannot be shown again.
+        """
+        cleaned = normalize_names(names)
+        issued = []
+        with self._transaction() as conn:
+            for name in cleaned:
+                row = conn.execute("SELECT reader_id, name, code_hash FROM readers WHERE name = ?",
+                                   (name,)).fetchone()
+                if row is None and renew:
+                    raise InputError(f"--renew: no reader named {name!r} in this study")
+                if row is not None and row[2] is not None and not renew:
+                    raise InputError(f"reader {row[1]!r} already has a code; use --renew to replace it "
+                                     "(their old code and sessions stop working, their answers stay)")
+                code = new_code()
+                if row is None:
+                    cur = conn.execute("INSERT INTO readers (name, code_hash, created_at) VALUES (?, ?, ?)",
+                                       (name, _digest(normalize_code(code)), _now()))
+                    reader = Reader(cur.lastrowid, name)
+                else:
+                    conn.execute("UPDATE readers SET code_hash = ? WHERE reader_id = ?",
+                                 (_digest(normalize_code(code)), row[0]))
+                    conn.execute("DELETE FROM sessions WHERE reader_id = ?", (row[0],))
+                    reader = Reader(row[0], row[1])
+                issued.append((reader, code))
+        return issued
+
+    def readers(self) -> list[tuple[Reader, bool]]:
+        """Every reader with whether they hold a code, in the order they were added."""
+        with self._connect() as conn:
+            rows = conn.execute("SELECT reader_id, name, code_hash IS NOT NULL FROM readers "
+                                "ORDER BY reader_id").fetchall()
+        return [(Reader(rid, name), bool(has_code)) for rid, name, has_code in rows]
 
     @staticmethod
     def _next_image(conn: sqlite3.Connection, reader_id: int) -> tuple[str, str | None, int] | None:

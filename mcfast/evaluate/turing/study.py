@@ -1,12 +1,17 @@
 """Create a Turing study folder: pick a balanced set, draw CT windows, shuffle, render, record in SQLite.
 
-Layout of a study folder ``STUDY/``: ``study.sqlite3`` (images, readers, answers) and ``images/<id>.png``.
+Layout of a study folder ``STUDY/``: ``study.sqlite3`` (images, readers, answers) and ``images/<id>.png``, every
+image an uncompressed (stored) PNG of one size, so all have the same byte length.
 Everything is drawn from one ``numpy.random.Generator(seed)``, so the same inputs and seed give the same study
 (same images, windows, order, ids and PNG bytes).
 """
 from __future__ import annotations
 
 import datetime as _dt
+import os
+import re
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -14,11 +19,13 @@ from tqdm import tqdm
 
 from mcfast.atomic import write_bytes
 from mcfast.errors import InputError
-from mcfast.evaluate.turing.render import CT_WINDOWS, IMAGE_SUFFIXES, MODALITIES, needs_window, render
+from mcfast.evaluate.turing.render import (CT_WINDOWS, IMAGE_SUFFIXES, MODALITIES, decode_png, encode_png,
+                                           needs_window, png_header, render, stored_png_length)
 from mcfast.evaluate.turing.store import Store, StudyImage
 
 DB_NAME = "study.sqlite3"
 IMAGES_DIR = "images"
+_STAGING = re.compile(rf"\.{IMAGES_DIR}\.[a-z0-9_]{{8}}")  # tempfile.mkdtemp(prefix=".images.") names
 DEFAULTS = {"n": 30, "seed": 0, "size": 512, "modality": "ct"}
 
 
@@ -50,7 +57,9 @@ def create_study(study_dir: str | Path, real_dir: str | Path, synthetic_dir: str
     """Build ``study_dir`` with ``n`` images (n/2 real, n/2 synthetic) rendered at ``size`` x ``size``.
 
     CT inputs in HU (NPY, DICOM) get a window drawn from lung / soft tissue / bone, balanced between the classes;
-    PNG inputs are shown as is. Raises InputError when the study exists or the folders hold too few images.
+    PNG inputs are shown as is (colour PNGs are refused, as everywhere in mcfast). Every image is written as a stored
+    PNG of one length (:func:`render.encode_png`). Raises InputError when the study exists, ``STUDY/images`` is
+    taken, an input is unusable or the folders hold too few images; nothing is left behind then.
     """
     study_dir = Path(study_dir)
     if db_path(study_dir).exists():
@@ -93,17 +102,65 @@ def create_study(study_dir: str | Path, real_dir: str | Path, synthetic_dir: str
             ids.append(candidate)
 
     images_dir = study_dir / IMAGES_DIR
-    images_dir.mkdir(parents=True, exist_ok=True)
-    records = []
-    for position, k in enumerate(tqdm(order, desc="render", disable=not progress or None, leave=False)):
-        path, truth = chosen[k]
-        image_id = ids[position]
-        write_bytes(images_dir / f"{image_id}.png", render(path, modality, windows[k], size))
-        records.append(StudyImage(position, image_id, truth, f"{image_id}.png", windows[k], str(path.resolve())))
-    meta = {"n": str(n), "seed": str(seed), "size": str(size), "modality": modality,
-            "real_dir": str(Path(real_dir).resolve()), "synthetic_dir": str(Path(synthetic_dir).resolve()),
-            "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
-    return Store.create(db_path(study_dir), meta, records)
+    if images_dir.exists() and (not images_dir.is_dir() or any(images_dir.iterdir())):
+        raise InputError(f"{images_dir}: already exists but no study is here; remove it or use another --study")
+    study_dir.mkdir(parents=True, exist_ok=True)
+    for stale in study_dir.iterdir():  # staging folders of a create that was killed (no study was made from them)
+        if _STAGING.fullmatch(stale.name) and stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+    # Render into a temporary folder published by one rename once every image is done, so a refused input (a
+    # colour PNG, a broken file) or a crash leaves no half-made images/ behind.
+    staging = Path(tempfile.mkdtemp(prefix=f".{IMAGES_DIR}.", dir=study_dir))
+    published = False
+    try:
+        records = []
+        for position, k in enumerate(tqdm(order, desc="render", disable=not progress or None, leave=False)):
+            path, truth = chosen[k]
+            image_id = ids[position]
+            (staging / f"{image_id}.png").write_bytes(render(path, modality, windows[k], size))
+            records.append(StudyImage(position, image_id, truth, f"{image_id}.png", windows[k],
+                                      str(path.resolve())))
+        meta = {"n": str(n), "seed": str(seed), "size": str(size), "modality": modality,
+                "real_dir": str(Path(real_dir).resolve()), "synthetic_dir": str(Path(synthetic_dir).resolve()),
+                "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+        if images_dir.exists():
+            images_dir.rmdir()  # empty (checked above); os.replace onto a folder needs it gone
+        os.replace(staging, images_dir)
+        published = True
+        return Store.create(db_path(study_dir), meta, records)
+    except BaseException:
+        # The database is written last and atomically: without it, the images are ours to remove.
+        shutil.rmtree(images_dir if published else staging, ignore_errors=True)
+        raise
+
+
+def canonicalize_images(study_dir: str | Path, store: Store) -> int:
+    """Rewrite any image not in the fixed-size stored-PNG form (studies made by an older mcfast); returns how many.
+
+    Each file is replaced atomically by the same pixels encoded with :func:`render.encode_png`, so every image of
+    the study is served with the same length. Files already in that form are left untouched.
+    """
+    study_dir = Path(study_dir)
+    size = int(store.meta()["size"])
+    expected, header = stored_png_length(size, size), png_header(size, size)
+    rewritten = 0
+    for image in store.images():
+        path = study_dir / IMAGES_DIR / image.file
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise InputError(f"{path}: cannot read study image ({exc.strerror or exc})") from None
+        if len(data) == expected and data.startswith(header):
+            continue  # the length, the one thing that told the classes apart, is already the common one
+        pixels = decode_png(data, path)
+        if pixels.shape != (size, size):
+            raise InputError(f"{path}: {pixels.shape[1]}x{pixels.shape[0]} pixels, the study's size is {size}")
+        try:
+            write_bytes(path, encode_png(pixels))
+        except OSError as exc:
+            raise InputError(f"{path}: cannot rewrite as a fixed-size PNG ({exc.strerror or exc})") from None
+        rewritten += 1
+    return rewritten
 
 
 def open_study(study_dir: str | Path) -> Store:

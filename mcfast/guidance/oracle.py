@@ -1,4 +1,5 @@
-"""The plain-PyTorch guided correction (paper eq. 3–5): the oracle every fused kernel is tested against.
+"""The plain-PyTorch guided correction (paper eq. 3–5): the oracle every fused kernel is tested against,
+and the path ``ILVRGuidance`` takes when the fused op does not serve (backend "reference").
 
 After the reverse step from chain index i (original timestep t = ``timestep_map[i]``) has produced
 x_{t−1}, every condition s of image b with t ≥ a_s contributes
@@ -17,6 +18,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
+from mcfast.diffusion.noise import randn
 from mcfast.errors import InputError
 from mcfast.guidance.conditions import Condition
 from mcfast.guidance.filters import lowpass, upsample
@@ -39,12 +41,6 @@ def _pick_generator(generator: Generators, b: int, s: int) -> torch.Generator | 
     if generator is None or isinstance(generator, torch.Generator):
         return generator
     return generator[b][s]
-
-
-def _draw(shape: tuple[int, ...], generator: torch.Generator | None, like: Tensor) -> Tensor:
-    """N(0, I) from ``generator`` on the generator's device, moved to ``like``'s device and dtype."""
-    device = generator.device if generator is not None else like.device
-    return torch.randn(shape, generator=generator, device=device, dtype=torch.float32).to(like.device, like.dtype)
 
 
 def _upsampled_low_noise(eps_low: Tensor, cond: Condition, what: str) -> Tensor:
@@ -117,7 +113,7 @@ def _apply_corrections(x: Tensor, conditions_per_image: Sequence[Sequence[Condit
                          + coef_eps * _upsampled_low_noise(given, cond, f"noise for image {b} condition {s}"))
             else:
                 if given is None and coef_eps > 0.0:
-                    given = _draw((1, height, width), _pick_generator(generator, b, s), x)
+                    given = randn((1, height, width), _pick_generator(generator, b, s), x.device).to(x.dtype)
                 y = coef_ref * ref if given is None else coef_ref * ref + coef_eps * given.reshape(1, height, width)
                 phi_y = lowpass(y, cond.factor, cond.filter)
             residual = phi_y - lowpass(x_b, cond.factor, cond.filter)

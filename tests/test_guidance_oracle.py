@@ -7,7 +7,7 @@ from mcfast.diffusion import create_diffusion
 from mcfast.errors import InputError
 from mcfast.guidance.conditions import Condition
 from mcfast.guidance.filters import downsample, lowpass
-from mcfast.guidance.reference import active_conditions, guided_correction
+from mcfast.guidance.oracle import active_conditions, guided_correction
 
 
 @pytest.fixture(scope="module")

@@ -3,20 +3,17 @@
 This is the op-level oracle: it takes exactly the op's arguments (with noise passed in) and
 computes x_{t−1} with whole-tensor PyTorch ops. ``philox_noise`` builds, from the compiled
 generator, the noise tensors the kernels draw in-kernel, so in-kernel runs can be checked
-against this reference too. The guidance-level oracle is :mod:`mcfast.guidance.reference`.
+against this oracle too. The guidance-level oracle is :mod:`mcfast.guidance.oracle`.
 """
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-# Columns of the (B, 9) coefficient table (csrc/guided_plan.h).
-X0_FROM_XT, X0_FROM_EPS, MEAN_X0, MEAN_XT, LOGVAR_MIN, LOGVAR_MAX, NOISE_SCALE, REF_SIGNAL, REF_NOISE = range(9)
-NUM_COEFS = 9
-# Weight kinds and the columns of the (B, M, 7) patch table.
-WEIGHT_FULL, WEIGHT_PATCH, WEIGHT_MAP = 0, 1, 2
-CX, CY, SIGMA, BOX_X, BOX_Y, BOX_W, BOX_H = range(7)
+from mcfast.diffusion.coefficients import (LOGVAR_MAX, LOGVAR_MIN, MEAN_X0, MEAN_XT, NOISE_SCALE, NUM_COEFS,
+                                           REF_NOISE, REF_SIGNAL, X0_FROM_EPS, X0_FROM_XT)
+from mcfast.guidance.filters import downsample, upsample
+from mcfast.ops.step import WEIGHT_FULL, WEIGHT_MAP
 
 
 def patch_weight(params: Tensor, height: int, width: int) -> Tensor:
@@ -30,7 +27,7 @@ def patch_weight(params: Tensor, height: int, width: int) -> Tensor:
     return wy[:, None] * wx[None, :]
 
 
-def guided_step_reference(x_t: Tensor, model_output: Tensor, coefs: Tensor, noise: Tensor, ref_noise: Tensor,
+def guided_step_oracle(x_t: Tensor, model_output: Tensor, coefs: Tensor, noise: Tensor, ref_noise: Tensor,
                           refs: Tensor, ref_offsets: Tensor, factors: Tensor, active: Tensor, weight_kind: Tensor,
                           patch: Tensor, weight_maps: Tensor, weight_offsets: Tensor, learned_variance: bool,
                           clip: bool) -> Tensor:
@@ -59,8 +56,8 @@ def guided_step_reference(x_t: Tensor, model_output: Tensor, coefs: Tensor, nois
             o = int(ref_offsets[b, m])
             low_y = coefs[b, REF_SIGNAL] * refs[o:o + h * w].reshape(1, 1, h, w) \
                 + coefs[b, REF_NOISE] * ref_noise[o:o + h * w].reshape(1, 1, h, w)
-            low_x = F.avg_pool2d(x_prime[b:b + 1], n) if n > 1 else x_prime[b:b + 1]
-            r = F.interpolate(low_y - low_x, scale_factor=n, mode="nearest") if n > 1 else low_y - low_x
+            low_x = downsample(x_prime[b:b + 1], n, "box")
+            r = upsample(low_y - low_x, n, "box")
             kind = int(weight_kind[b, m])
             if kind == WEIGHT_FULL:
                 weight = torch.ones(H, W)
