@@ -201,11 +201,11 @@ def _coco_attributes(lesion: dict) -> dict:
             **{key: meta[m] for key, m in COCO_LESION_ATTRIBUTES.items() if meta.get(m) not in (None, "")}}
 
 
-def add_coco_item(coco, meta: dict, labels: np.ndarray | None) -> int:
-    """Add one item (its metadata and label map, or None for boxes only) to a CocoWriter: image id
+def add_coco_item(coco, index: int, modality: str, meta: dict, labels: np.ndarray | None) -> int:
+    """Add item ``index`` (its metadata and label map, or None for boxes only) to a CocoWriter: image id
     index + 1, file ``<item folder>/<display image>``. Returns the image id."""
-    image_id = coco.add_image(f"{item_dir(Path(), meta['index']).name}/{display_file(meta['modality'])}",
-                              meta["height"], meta["width"], id=meta["index"] + 1)
+    image_id = coco.add_image(f"{item_dir(Path(), index).name}/{display_file(modality)}",
+                              meta["height"], meta["width"], id=index + 1)
     for lesion in meta["lesions"]:
         coco.add_category(lesion["category"])
         mask = (labels == lesion["label"]).astype(np.uint8) if labels is not None else None
@@ -225,5 +225,5 @@ def write_coco(out: Path, n: int, modality: str) -> Path:
             continue
         meta = json.loads((d / META).read_text())
         labels = np.load(d / "labels.npy") if (d / "labels.npy").is_file() else None
-        add_coco_item(coco, meta, labels)
+        add_coco_item(coco, index, modality, meta, labels)
     return coco.save(out / "coco.json")
