@@ -9,13 +9,7 @@ from mcfast.errors import InputError
 from mcfast.evaluate import realism
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The CI machine is small and shared: one torch thread keeps these tests quick."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _disc_images(rng, n, size=32):

@@ -21,7 +21,7 @@ _DEFAULTS = dict(batch_size=8, lr=1e-4, weight_decay=0.0, ema_rate=0.9999, grad_
                  crop_foreground=0.0, min_snr_gamma=0.0)
 
 
-MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 4096  # pixels a side of training images or crops
+MIN_IMAGE_SIZE = 8  # pixels a side of training images or crops (at most mcfast.io.images.MAX_OUTPUT_SIZE)
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -121,6 +121,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from mcfast.commands.common import resolve_device
     from mcfast.diffusion.gaussian import create_diffusion
+    from mcfast.io.images import MAX_OUTPUT_SIZE as MAX_IMAGE_SIZE
     from mcfast.train.checkpoint import CONFIG_FILE, build_model, checkpoint_dir, read_config, read_init
     from mcfast.train.data import ImageFolderDataset, parse_range
     from mcfast.train.ddp import cleanup, setup_distributed

@@ -21,7 +21,8 @@ DICOM_SUFFIXES = {".dcm", ".dicom", ".ima", ""}
 # The largest image mcfast reads: 2**27 pixels (e.g. 11585², 512 MiB as float32), far above any CT slice
 # or full-field mammogram (about 4096 x 5600). Checked from the file header before decoding.
 MAX_IMAGE_PIXELS = 2 ** 27
-# The largest image side mcfast makes (mcfast prepare --size): a 4096² float32 item is 64 MiB.
+# The largest image side mcfast makes or trains on (prepare --size, train --image-size / --crop):
+# a 4096² float32 item is 64 MiB.
 MAX_OUTPUT_SIZE = 4096
 
 

@@ -37,7 +37,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from safetensors import safe_open
 
-from mcfast.atomic import atomic_path, write_text
+from mcfast.atomic import current_umask, write_text
 from mcfast.errors import CheckpointError
 
 MODEL_FILE = "model.safetensors"
@@ -166,7 +166,7 @@ def save_checkpoint(run_dir: str | Path, *, model_state: dict[str, torch.Tensor]
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=1) + "\n", encoding="utf-8")
         for name in (MODEL_FILE, OPTIMIZER_FILE, CONFIG_FILE):
             _fsync(tmp / name)
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes it 0700
         final = root / _free_step_name(root, step)
         os.replace(tmp, final)
     except BaseException:
@@ -182,28 +182,44 @@ def save_checkpoint(run_dir: str | Path, *, model_state: dict[str, torch.Tensor]
     return final
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def _canonical(model_config: dict) -> str:
     return json.dumps(model_config, sort_keys=True)
 
 
-def read_config(run_dir: str | Path) -> dict[str, Any]:
-    """The config.json of the run's published checkpoint, with clear errors for a missing or corrupt file."""
+_READ_ATTEMPTS = 5
+
+
+def _read_published(run_dir: str | Path, read):
+    """``read(folder)`` on the published checkpoint of ``run_dir``. A run that is still training may
+    publish a newer checkpoint and delete this one while it is being read: then the newer one is read
+    instead, so a reader never mixes the files of two steps."""
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise CheckpointError(f"{run_dir}: is a file, not an mcfast run folder")
-    path = checkpoint_dir(run_dir) / CONFIG_FILE
+    for attempt in range(_READ_ATTEMPTS):
+        folder = checkpoint_dir(run_dir)
+        try:
+            return read(folder)
+        except CheckpointError:
+            if folder.exists() or attempt == _READ_ATTEMPTS - 1:  # nothing was replaced: a real error
+                raise
+
+
+def read_config(run_dir: str | Path) -> dict[str, Any]:
+    """The config.json of the run's published checkpoint, with clear errors for a missing or corrupt file."""
+    return _read_published(run_dir, lambda folder: _read_config_at(folder, Path(run_dir)))
+
+
+def _read_config_at(folder: Path, run_dir: Path) -> dict[str, Any]:
+    path = folder / CONFIG_FILE
     if not path.is_file():
         raise CheckpointError(f"{path}: missing; {run_dir} is not an mcfast run folder")
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{path}: corrupt JSON ({exc})") from None
+    except OSError as exc:
+        raise CheckpointError(f"{path}: unreadable ({exc.strerror})") from None
     if not isinstance(config, dict):
         raise CheckpointError(f"{path}: is not a JSON object")
     for key, kind in (("model", dict), ("diffusion", dict), ("step", int)):
@@ -212,7 +228,7 @@ def read_config(run_dir: str | Path) -> dict[str, Any]:
         if not isinstance(config[key], kind) or isinstance(config[key], bool):
             raise CheckpointError(f"{path}: {key!r} must be a {'JSON object' if kind is dict else 'whole number'}, "
                                   f"not {config[key]!r}")
-    _check_weights_header(path.parent / MODEL_FILE, config)
+    _check_weights_header(folder / MODEL_FILE, config)
     return config
 
 
@@ -223,7 +239,7 @@ def _check_weights_header(weights: Path, config: dict[str, Any]) -> None:
     try:
         with safe_open(str(weights), framework="pt") as f:
             saved = (f.metadata() or {}).get("model")
-    except (SafetensorError, OSError, ValueError) as exc:
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:  # RuntimeError: cannot open
         raise CheckpointError(f"{weights}: corrupt safetensors file ({exc})") from None
     if saved is not None and json.loads(saved) != config["model"]:
         raise CheckpointError(f"{weights.parent / CONFIG_FILE}: model settings differ from those saved with the "
@@ -239,7 +255,7 @@ def _read_tensors(path: Path, config: dict[str, Any]) -> dict[str, torch.Tensor]
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
         tensors = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as exc:
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:  # RuntimeError: cannot open
         raise CheckpointError(f"{path}: corrupt safetensors file ({exc})") from None
     if meta.get("step") != str(step):
         raise CheckpointError(f"{path}: holds step {meta.get('step')} but config.json says step {step} "
@@ -252,9 +268,18 @@ def _read_tensors(path: Path, config: dict[str, Any]) -> dict[str, torch.Tensor]
 
 def load_checkpoint(run_dir: str | Path) -> tuple[dict, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """(config, weights, optimizer tensors) of a run; raises CheckpointError on any inconsistency."""
-    config = read_config(run_dir)
-    folder = checkpoint_dir(run_dir)
-    return config, _read_tensors(folder / MODEL_FILE, config), _read_tensors(folder / OPTIMIZER_FILE, config)
+    def read(folder: Path):
+        config = _read_config_at(folder, Path(run_dir))
+        return config, _read_tensors(folder / MODEL_FILE, config), _read_tensors(folder / OPTIMIZER_FILE, config)
+    return _read_published(run_dir, read)
+
+
+def _read_config_and_weights(run_dir: str | Path) -> tuple[Path, dict[str, Any], dict[str, torch.Tensor]]:
+    """(folder, config, model.safetensors tensors) of the published checkpoint, read consistently."""
+    def read(folder: Path):
+        config = _read_config_at(folder, Path(run_dir))
+        return folder, config, _read_tensors(folder / MODEL_FILE, config)
+    return _read_published(run_dir, read)
 
 
 def split_prefix(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
@@ -322,9 +347,7 @@ def load_model(run_dir: str | Path, device: str | torch.device = "cpu", ema: boo
 
     The model is in eval mode on ``device``. Nothing is unpickled (safetensors + JSON only).
     """
-    config = read_config(run_dir)
-    folder = checkpoint_dir(run_dir)
-    weights = _read_tensors(folder / MODEL_FILE, config)
+    folder, config, weights = _read_config_and_weights(run_dir)
     model = build_model(config["model"], folder / CONFIG_FILE)
     state = split_prefix(weights, "ema" if ema else "model")
     if not state:
@@ -336,10 +359,8 @@ def load_model(run_dir: str | Path, device: str | torch.device = "cpu", ema: boo
 def read_init(source: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """(config, float32 weights) to warm-start from: a run folder or a shipped asset folder (EMA weights,
     the raw weights when a file has no EMA copy). Shipped assets may be bf16/fp16; training is float32."""
-    config = read_config(source)
-    weights_path = weights_file(source)
-    weights = _read_tensors(weights_path, config)
+    folder, config, weights = _read_config_and_weights(source)
     state = split_prefix(weights, "ema") or split_prefix(weights, "model")
     if not state:
-        raise CheckpointError(f"{weights_path}: has no ema.* or model.* weights")
+        raise CheckpointError(f"{folder / MODEL_FILE}: has no ema.* or model.* weights")
     return config, {k: v.float() for k, v in state.items()}

@@ -440,7 +440,6 @@ class Trainer:
                                f"the weights changed and {kept}; check the data or lower --lr")
 
     def _append_log(self, record: dict) -> None:
-        self.out_dir.mkdir(parents=True, exist_ok=True)
         with open(self.out_dir / LOG_FILE, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
 
