@@ -3,7 +3,8 @@
 ``import mcfast`` registers the compiled ops ``torch.ops.mcfast.*`` and their fake kernels (now when
 torch is imported already, else as soon as it is; see :mod:`mcfast.ops`), and imports no torch
 itself, so that ``mcfast --help`` stays torch-free. Sub-packages load on first use
-(``mcfast.ops``, ``mcfast.io``, ...; module ``__getattr__``). ``mcfast.ops.has_ops()`` tells whether
+(``mcfast.ops``, ``mcfast.io``, ...; module ``__getattr__``), and so do the names of the Python API
+(``mcfast.Synthesizer``, ``mcfast.sample``, ``mcfast.Condition``, ...; docs/api.md). ``mcfast.ops.has_ops()`` tells whether
 the compiled library is there.
 """
 from __future__ import annotations
@@ -13,8 +14,20 @@ import importlib.util as _importlib_util
 
 __version__ = "0.1.0"
 
-# Names re-exported lazily from a module: {"Name": "mcfast.module"}.
-_LAZY: dict[str, str] = {}
+# Names re-exported lazily from a module: {"Name": "mcfast.module"}: the high-level API and the stable
+# low-level pieces (docs/api.md), so that user code need not know the module layout.
+_LAZY: dict[str, str] = {
+    "Synthesizer": "mcfast.api", "SyntheticImage": "mcfast.api", "build_recipe": "mcfast.api",
+    "save": "mcfast.api", "to_coco": "mcfast.api",
+    "Recipe": "mcfast.synthesis.recipe", "load_recipe": "mcfast.synthesis.recipe",
+    "create_diffusion": "mcfast.diffusion.gaussian", "sample": "mcfast.diffusion.samplers",
+    "sdedit_start": "mcfast.diffusion.samplers",
+    "Condition": "mcfast.guidance.conditions", "ILVRGuidance": "mcfast.guidance.ilvr",
+    "load_model": "mcfast.train.checkpoint", "make_model_fn": "mcfast.models.inference",
+    "lung_phantom": "mcfast.anatomy.phantom", "lung_phantom_with_masks": "mcfast.anatomy.phantom",
+    "breast_phantom": "mcfast.anatomy.breast_phantom", "breast_phantom_with_mask": "mcfast.anatomy.breast_phantom",
+    "hu_to_model": "mcfast.io.windows", "model_to_hu": "mcfast.io.windows",
+}
 
 
 def __getattr__(name: str):

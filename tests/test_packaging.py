@@ -152,3 +152,8 @@ def test_wheel_installs_into_a_fresh_venv_and_synthesizes(tmp_path):
     coco = json.loads((out / "coco.json").read_text())
     assert len(coco["images"]) == 1
     assert list(out.rglob("*.npy")) and list(out.rglob("seg.dcm"))
+    api = subprocess.run([str(target), "-c", (
+        "import mcfast; item = mcfast.Synthesizer.from_pretrained('ct:phantom64').generate(n=1, steps=5)[0]; "
+        "print(item.image.shape, len(item.masks) == len(item.boxes) >= 1)")],
+        cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    assert api.returncode == 0 and api.stdout.split() == ["(64,", "64)", "True"], api.stdout + api.stderr[-3000:]

@@ -16,7 +16,9 @@ def register(subparsers) -> None:
                     "coco.json for the whole run and provenance.json. Re-running the same command skips finished "
                     "images. Under 'torchrun --nproc-per-node K -m mcfast synthesize --num-images N ...' the images are split "
                     "across the K processes and merged into one coco.json.")
-    p.add_argument("--ckpt", type=Path, required=True, help="run folder made by 'mcfast train' (or a shipped default)")
+    p.add_argument("--ckpt", type=Path, required=True,
+                   help="run folder made by 'mcfast train', a shipped model folder, or a shipped model's name: "
+                        "ct, mg (the real-scan defaults), ct:phantom64, mg:phantom64")
     p.add_argument("--recipe", type=Path, required=True, help="recipe TOML (see configs/*.toml)")
     # --num-images: torchrun's own parser rejects "--n" as an ambiguous abbreviation of its options.
     p.add_argument("--n", "--num-images", dest="n", type=positive_int, default=8,
@@ -54,12 +56,11 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from mcfast.api import Synthesizer, build_recipe
     from mcfast.commands.common import resolve_device
     from mcfast.errors import InputError
     from mcfast.io.paths import check_out_dir, os_error_line, os_reason
-    from mcfast.synthesis.pipeline import synthesize
-    from mcfast.synthesis.recipe import load_recipe, validate
-    from mcfast.synthesis.sources import check_recipe_sources
+    from mcfast.synthesis.recipe import with_settings
 
     # argparse checks these; the checks here are for callers that build the Namespace themselves
     for option, value in (("--n", args.n), ("--batch-size", args.batch_size), ("--threads", args.threads)):
@@ -69,30 +70,17 @@ def run(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    recipe = load_recipe(args.recipe)
-    if args.steps is not None:
-        recipe.sampler.steps = str(args.steps)
-    overrides = {"method": args.sampler, "eta": args.eta, "x0_guidance": args.x0_guidance,
-                 "eps_scale": args.eps_scale}
-    for key, value in overrides.items():
-        if value is not None:
-            setattr(recipe.sampler, key, value)
-    if args.backend is not None:
-        recipe.sampler.backend = args.backend
-    if args.seed is not None:
-        recipe.seed = args.seed
-    if args.fast:
-        from mcfast.synthesis.recipe import use_fast_sampler
-        use_fast_sampler(recipe)
+    # The recipe and the files it names are checked before a model is loaded or --out is touched.
+    recipe = build_recipe(args.recipe, steps=args.steps, sampler=args.sampler, eta=args.eta,
+                          x0_guidance=args.x0_guidance, eps_scale=args.eps_scale, backend=args.backend,
+                          seed=args.seed, fast=args.fast)
     if args.dicom:
-        recipe.output.dicom = recipe.output.seg = True
-    validate(recipe)
-    check_recipe_sources(recipe)  # the recipe's files, before a model is loaded or --out is touched
+        recipe = with_settings(recipe, output={"dicom": True, "seg": True})
     device = str(resolve_device(args.device)) if args.device is not None else "cpu"
     check_out_dir(args.out)
+    synthesizer = Synthesizer.from_pretrained(args.ckpt, recipe=recipe, device=device, precision=args.precision)
     try:
-        result = synthesize(args.ckpt, recipe, args.n, args.out, device=device, precision=args.precision,
-                            batch_size=args.batch_size, progress=not args.no_progress)
+        result = synthesizer.synthesize(args.n, args.out, batch_size=args.batch_size, progress=not args.no_progress)
     except OSError as exc:  # e.g. the disk filling up mid-run: finished items stay, the run resumes
         raise InputError(os_error_line(exc) if exc.filename else f"{args.out}: {os_reason(exc)}") from None
     print(f"wrote {result.written} images ({result.skipped} already done) to {result.out}"

@@ -129,7 +129,7 @@ def item_meta(plan: ItemPlan, shape: tuple[int, int], modality: str, output, ext
         "modality": modality,
         "height": int(shape[0]),
         "width": int(shape[1]),
-        "anatomy": (plan.anatomy.source if plan.anatomy.source.startswith("phantom:")
+        "anatomy": (plan.anatomy.source if plan.anatomy.source.startswith(("phantom:", "<"))  # no path
                     else _stored_path(plan.anatomy.source, getattr(output, "full_paths", False))),
         "lesions": [{"label": k, "category": l.category, "bbox": list(l.box), "patch_box": list(l.patch_box),
                      "center": list(l.center), "area": int(l.mask.sum()), "source": l.source, "meta": l.meta}

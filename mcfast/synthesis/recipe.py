@@ -280,6 +280,29 @@ def recipe_from_dict(data: dict[str, Any], source: str = "<dict>") -> Recipe:
     return validate(recipe)
 
 
+def recipe_tables(recipe: Recipe) -> dict[str, Any]:
+    """``recipe`` in the layout of a TOML recipe (what :func:`recipe_from_dict` reads), paths as written."""
+    data = asdict(recipe)
+    return {"recipe": {"modality": recipe.modality, "image_size": recipe.image_size, "seed": recipe.seed},
+            "sampler": data["sampler"], "anatomy": data["anatomy"], "pathology": data["pathology"],
+            "output": data["output"]}
+
+
+def with_settings(recipe: Recipe, /, **sections: Any) -> Recipe:
+    """A new validated recipe: ``recipe`` with the given keys of each section replaced, e.g.
+    ``with_settings(r, sampler={"steps": "20"}, recipe={"seed": 3})``; ``pathology`` replaces the whole list
+    (a list of tables). Errors name the key as a recipe file's would."""
+    tables = recipe_tables(recipe)
+    for section, values in sections.items():
+        if section == "pathology":
+            tables["pathology"] = values
+        elif section in tables and isinstance(values, dict):
+            tables[section] = {**tables[section], **values}
+        else:
+            raise InputError(f"{recipe.source}: cannot set section {section!r} to {_kind(values)}")
+    return recipe_from_dict(tables, source=recipe.source)
+
+
 def load_recipe(path: str | Path) -> Recipe:
     from mcfast.io.paths import os_error_line
 

@@ -123,17 +123,38 @@ def _read_anatomy_file(modality: str, path: Path, size: int, rng: np.random.Gene
                 source = str(path)
         else:
             hu, source = read_image(path, normalize=False), str(path)  # NPY in HU
-        hu = _resize(np.asarray(hu, dtype=np.float32), size)
-        return Anatomy(hu, _tissue_mask("ct", hu, source), source)
+        return anatomy_from_array("ct", hu, size, source)
     from mcfast.io.datasets import read_mammogram
-    from mcfast.io.mammo import prepare_mammogram
 
     img = read_image(path) if path.suffix.lower() == ".npy" else read_mammogram(path)
+    return anatomy_from_array("mg", img, size, str(path))
+
+
+def anatomy_from_array(modality: str, values: np.ndarray, size: int, source: str = "<array>") -> Anatomy:
+    """An anatomy reference from an image already in memory: a CT slice in HU, resized to ``size``; a
+    mammogram in [0, 1] (dense tissue bright), framed by ``prepare_mammogram`` like every film the model
+    saw (breast crop, chest wall left). ``source`` names it in errors and in meta.json."""
+    values = np.asarray(values)
+    if values.ndim != 2 or min(values.shape) < 2:
+        raise InputError(f"{source}: anatomy must be one 2-D image, got shape {tuple(values.shape)}")
+    if not np.issubdtype(values.dtype, np.number) or np.issubdtype(values.dtype, np.complexfloating):
+        raise InputError(f"{source}: anatomy must hold real numbers, got dtype {values.dtype}")
+    values = values.astype(np.float32)
+    if not np.isfinite(values).all():
+        raise InputError(f"{source}: anatomy contains NaN or Inf values")
+    if modality == "ct":
+        hu = _resize(values, size)
+        return Anatomy(hu, _tissue_mask("ct", hu, source), source)
+    from mcfast.io.mammo import prepare_mammogram
+
+    if values.min() < -1e-6 or values.max() > 1 + 1e-6:
+        raise InputError(f"{source}: a mammogram must lie in [0, 1] (dense tissue bright), got "
+                         f"[{values.min():.3g}, {values.max():.3g}]")
     try:
-        img, _, mask = prepare_mammogram(img, size)
+        img, _, mask = prepare_mammogram(np.clip(values, 0.0, 1.0), size)
     except InputError as exc:
-        raise InputError(f"{path}: {exc}") from None
-    return Anatomy(img.astype(np.float32), mask & _tissue_mask("mg", img, str(path)), str(path))
+        raise InputError(f"{source}: {exc}") from None
+    return Anatomy(img.astype(np.float32), mask & _tissue_mask("mg", img, source), source)
 
 
 @functools.lru_cache(maxsize=4)
