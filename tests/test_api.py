@@ -169,3 +169,17 @@ def test_top_level_names_resolve():
     for name in mcfast._LAZY:
         assert getattr(mcfast, name) is not None
     assert mcfast.Synthesizer is Synthesizer
+
+
+def test_a_recipe_that_cannot_plan_leaves_no_provenance(ct, tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(InputError, match="pathology"):
+        ct.synthesize(1, out, lesions={"count": 8, "size": [32, 32]}, steps=STEPS, progress=False)
+    assert not (out / "provenance.json").exists()
+    result = ct.synthesize(1, out, steps=STEPS, progress=False)  # the corrected recipe is not refused
+    assert result.written == 1 and (out / "provenance.json").is_file()
+
+
+def test_batch_size_zero_is_refused(ct):
+    with pytest.raises(InputError, match="batch_size must be an integer >= 1"):
+        ct.generate(n=1, batch_size=0, steps=STEPS)

@@ -19,11 +19,12 @@ from mcfast.errors import InputError
 from mcfast.pathology.patches import Patch
 
 MIN_PATCH = 8
+MAX_PATCH = 1024  # recipe validation bounds pathology.size by these (synthesis.sources.patch_side_range)
 
 
 def _check_patch_size(size: int) -> int:
-    if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or not MIN_PATCH <= size <= 1024:
-        raise InputError(f"lesion patch size {size!r} must be an integer in [{MIN_PATCH}, 1024]")
+    if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or not MIN_PATCH <= size <= MAX_PATCH:
+        raise InputError(f"lesion patch size {size!r} must be an integer in [{MIN_PATCH}, {MAX_PATCH}]")
     return int(size)
 
 

@@ -139,7 +139,9 @@ class RunSampler:
         plan = plan or (lambda i: plan_item(recipe, i))
         model_fn = scale_eps(self.model_fn, recipe.sampler.eps_scale)
         device_t, size, s = self.device, recipe.image_size, recipe.sampler
-        bs = batch_size or s.batch_size
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+            raise InputError(f"batch_size must be an integer >= 1 (None: the recipe's), got {batch_size!r}")
+        bs = batch_size if batch_size is not None else s.batch_size
         for start in range(0, len(indices), bs):
             batch = list(indices[start:start + bs])
             plans = [plan(i) for i in batch]
@@ -190,17 +192,21 @@ def synthesize(ckpt: str | Path | RunSampler, recipe: Recipe, n: int, out: str |
     provenance = outputs.private_provenance(provenance, recipe.output.full_paths)  # no patient-named folders
     _check_provenance(out, provenance)
     out.mkdir(parents=True, exist_ok=True)
-    if rank == 0 and not (out / PROVENANCE).is_file():
-        write_text(out / PROVENANCE, json.dumps(provenance, indent=2))
     mine = [i for i in range(n) if i % world == rank]
     todo = [i for i in mine if not outputs.is_done(out, i)]
     bar = tqdm(total=len(todo), desc=f"synthesize {recipe.modality}", unit="img", disable=not progress)
     for items in engine.batches(recipe, todo, batch_size=batch_size, diffusion=diffusion):
+        # provenance.json once the first batch is planned and sampled: a recipe whose first item cannot be
+        # planned (no room for a lesion, say) leaves no provenance that would refuse the corrected recipe.
+        if rank == 0 and not (out / PROVENANCE).is_file():
+            write_text(out / PROVENANCE, json.dumps(provenance, indent=2))
         for item in items:
             outputs.write_item(out, item.plan, item.image, recipe.modality, recipe.output,
                                {"rank": rank, "batch": item.batch, **item.sampling})
         bar.update(len(items))
     bar.close()
+    if rank == 0 and not (out / PROVENANCE).is_file():  # nothing left to do, e.g. rank 0 had no items
+        write_text(out / PROVENANCE, json.dumps(provenance, indent=2))
     coco = None
     if world > 1:
         torch.distributed.barrier()

@@ -30,15 +30,14 @@ PATHOLOGY_SOURCES = ("synthetic", "msd", "voc", "mias")
 # procedural patches need mcfast.pathology.synthetic's bounds. Recipe validation checks pathology.size
 # against these same numbers, so a size it accepts is one sampling can draw.
 MIN_PATCH_SIDE = 3
-MAX_SYNTHETIC_PATCH = 1024  # the upper bound of mcfast.pathology.synthetic._check_patch_size
 
 
 def patch_side_range(source: str) -> tuple[int, int | None]:
     """(smallest, largest or None) patch side ``source`` can produce."""
     if source == "synthetic":
-        from mcfast.pathology.synthetic import MIN_PATCH
+        from mcfast.pathology.synthetic import MAX_PATCH, MIN_PATCH
 
-        return max(MIN_PATCH, MIN_PATCH_SIDE), MAX_SYNTHETIC_PATCH
+        return max(MIN_PATCH, MIN_PATCH_SIDE), MAX_PATCH
     return MIN_PATCH_SIDE, None
 
 
