@@ -1,6 +1,7 @@
-"""Where the CT sampler loses fine texture, and the epsilon scaling that gives it back (training crops only).
+"""Where the sampler loses fine texture, and the epsilon scaling that gives it back (training crops only).
 
     python scripts/eps_scale_study.py [--config configs/eps_scale_ct.toml] [--threads 2]
+    python scripts/eps_scale_study.py --config configs/eps_scale_mg.toml      # the mammography model
     python scripts/eps_scale_study.py --report-only     # rewrite the .md from the .json
 
 On crops of training-split slices (the validation patients are never read), against the crops
@@ -8,7 +9,9 @@ themselves, the radial power of each frequency band (mcfast.evaluate.two_sample.
 1. one x0 prediction of the network from the crop noised to t (what the denoiser keeps);
 2. the full 1000-step ancestral chain from the crop noised to t (what sampling keeps);
 3. the recipe's own sampler (SDEdit start, anatomy guidance from the crop) at each eps_scale of the grid,
-   and the config's rule picks one. Writes docs/results/eps_scale_ct.{json,md}.
+   and the config's rule picks one. Writes docs/results/<[report] name>.{json,md}.
+Crops come one per patient / woman first (``[crops] one_per_patient``): a patient with many slices and
+strong grain would otherwise set the target texture.
 """
 from __future__ import annotations
 
@@ -27,41 +30,61 @@ from mcfast.diffusion.eps_scaling import scale_eps
 from mcfast.diffusion.gaussian import create_diffusion
 from mcfast.diffusion.samplers import randn, sample, sdedit_start
 from mcfast.evaluate.classifier import machine_info
-from mcfast.evaluate.realism_sets import load_split, machine_line
+from mcfast.evaluate.realism_sets import floor_subset, load_split, machine_line
 from mcfast.evaluate.two_sample import DEFAULT_BANDS, spectrum_band_ratios
 from mcfast.guidance.conditions import Condition
 from mcfast.guidance.ilvr import ILVRGuidance
-from mcfast.io.windows import model_to_hu
+from mcfast.synthesis.plan import from_model
 from mcfast.models.inference import make_model_fn
 from mcfast.seeding import item_seed
 from mcfast.synthesis.recipe import load_recipe
 from mcfast.train.checkpoint import load_model
 
 REPO = Path(__file__).resolve().parent.parent
-RESULTS = REPO / "docs" / "results" / "eps_scale_ct"
+# Native units of a modality's mean shift column: HU for CT, film intensity [0, 1] for mammograms.
+SHIFT_UNITS = {"ct": ("HU", 1), "mg": ("intensity", 3)}
+# A mammogram crop counts as breast where the film is above the blank background (prepare_mammogram: 0).
+MG_BACKGROUND = 0.02
 
 
-def training_crops(images: np.ndarray, n: int, size: int, min_mean_hu: float, seed: int) -> np.ndarray:
-    """``n`` crops of ``size``², each from a different slice (seeded order), holding some body."""
+def crop_holds_tissue(modality: str, crop: np.ndarray, c: dict) -> bool:
+    """CT: some body (mean HU above ``min_mean_hu``), not just air; MG: at least ``min_breast_fraction``
+    of the crop inside the breast, not the padding around it."""
+    values = from_model(modality, crop)
+    if modality == "ct":
+        return float(values.mean()) > c["min_mean_hu"]
+    return float((values > MG_BACKGROUND).mean()) >= c["min_breast_fraction"]
+
+
+def training_crops(modality: str, images: np.ndarray, patients: list[str], c: dict) -> tuple[np.ndarray, list[int]]:
+    """(``c["n"]`` crops of ``c["size"]``², the images they come from): each from a different image holding
+    tissue, the images in a seeded order, one per patient first when ``c["one_per_patient"]``
+    (realism_sets.floor_subset)."""
+    n, size, seed = c["n"], c["size"], c["seed"]
     rng = np.random.default_rng(seed)
-    crops = []
-    for k in rng.permutation(len(images)):
+    if c.get("one_per_patient", False):
+        order = floor_subset(patients, len(patients), seed)
+    else:
+        order = [int(k) for k in rng.permutation(len(images))]
+    crops, sources = [], []
+    for k in order:
         img = images[k]
-        for _ in range(50):  # a few tries per slice for a crop that is not all air
+        for _ in range(50):  # a few tries per image for a crop that is not all air / padding
             y, x = rng.integers(0, img.shape[0] - size + 1), rng.integers(0, img.shape[1] - size + 1)
             crop = img[y:y + size, x:x + size]
-            if float(model_to_hu(crop).mean()) > min_mean_hu:
+            if crop_holds_tissue(modality, crop, c):
                 crops.append(crop)
+                sources.append(int(k))
                 break
         if len(crops) == n:
-            return np.stack(crops).astype(np.float32)
-    raise SystemExit(f"only {len(crops)} of {n} crops with mean HU > {min_mean_hu} in {len(images)} slices")
+            return np.stack(crops).astype(np.float32), sources
+    raise SystemExit(f"only {len(crops)} of {n} crops holding tissue in {len(images)} images")
 
 
-def band_row(real: np.ndarray, images: torch.Tensor) -> dict:
+def band_row(modality: str, real: np.ndarray, images: torch.Tensor) -> dict:
     ratios = spectrum_band_ratios(real, images[:, 0].numpy())
-    shift = float((model_to_hu(images[:, 0].numpy()) - model_to_hu(real)).mean())
-    return {**{b: round(ratios[b], 4) for b in DEFAULT_BANDS}, "mean_hu_shift": round(shift, 1)}
+    shift = float((from_model(modality, images[:, 0].numpy()) - from_model(modality, real)).mean())
+    return {**{b: round(ratios[b], 4) for b in DEFAULT_BANDS}, "mean_shift": round(shift, SHIFT_UNITS[modality][1])}
 
 
 def crop_generators(n: int, seed: int) -> list[torch.Generator]:
@@ -98,25 +121,29 @@ def run(cfg: dict, threads: int) -> dict:
     torch.set_num_threads(threads)
     d, c = cfg["data"], cfg["crops"]
     bands = list(cfg["calibration"]["bands"])
+    modality = d["modality"]
     images, patients, _ = load_split(REPO / d["prepared"])
-    crops_np = training_crops(images, c["n"], c["size"], c["min_mean_hu"], c["seed"])
+    crops_np, sources = training_crops(modality, images, patients, c)
     crops = torch.from_numpy(crops_np)[:, None]
     model, diffusion_kwargs, config = load_model(REPO / d["checkpoint"])
     base_fn = make_model_fn(model, torch.device("cpu"), d["precision"], channels_last=True)
     recipe = load_recipe(REPO / d["recipe"])
     seed = c["seed"] + 1
-    results: dict = {"config": cfg, "checkpoint": d["checkpoint"], "checkpoint_step": config["step"],
+    results: dict = {"config": cfg, "modality": modality, "checkpoint": d["checkpoint"],
+                     "checkpoint_step": config["step"],
                      "machine": machine_info(), "n_crops": len(crops), "crop_size": c["size"],
-                     "n_slices": len(images), "n_patients": len(set(patients)), "bands": bands}
+                     "n_slices": len(images), "n_patients": len(set(patients)),
+                     "n_crop_patients": len({patients[k] for k in sources}),
+                     "bands": bands}
     with torch.no_grad():
         full = create_diffusion(**diffusion_kwargs)
-        results["single_step"] = [{"t": t, **band_row(crops_np, single_step(base_fn, full, crops, t, seed))}
+        results["single_step"] = [{"t": t, **band_row(modality, crops_np, single_step(base_fn, full, crops, t, seed))}
                                   for t in cfg["diagnosis"]["single_step_t"]]
         results["full_chain"] = []
         for start in cfg["diagnosis"]["chain_starts"]:
             started = time.perf_counter()
             out = chain(base_fn, full, crops, start, seed)
-            results["full_chain"].append({"start_step": start, **band_row(crops_np, out),
+            results["full_chain"].append({"start_step": start, **band_row(modality, crops_np, out),
                                           "seconds": round(time.perf_counter() - started, 1)})
             print("full chain", results["full_chain"][-1], flush=True)
         s, a = recipe.sampler, recipe.anatomy
@@ -133,44 +160,50 @@ def run(cfg: dict, threads: int) -> dict:
         results["calibration"] = []
         for scale in cfg["calibration"]["grid"]:
             out = chain(scale_eps(base_fn, scale), spaced, crops, s.start_step, seed, s.method, s.eta, guidance_of)
-            results["calibration"].append({"eps_scale": float(scale), **band_row(crops_np, out)})
+            results["calibration"].append({"eps_scale": float(scale), **band_row(modality, crops_np, out)})
             print("eps_scale", results["calibration"][-1], flush=True)
     results["pick"] = pick(results["calibration"], bands)
     return results
 
 
-def markdown(r: dict) -> str:
+def markdown(r: dict, name: str) -> str:
+    modality = r.get("modality", "ct")
+    unit, digits = SHIFT_UNITS[modality]
+    what = {"ct": ("CT", "slices", "patients", "the 512² CT recipes"),
+            "mg": ("mammography", "films", "women", "the 512² mammography recipes")}[modality]
     bands = r["bands"]
     cols = list(DEFAULT_BANDS)
-    head = "| " + " | ".join(f"{b} (× real)" for b in cols) + " | mean HU shift |"
+    head = "| " + " | ".join(f"{b} (× real)" for b in cols) + f" | mean {unit} shift |"
     sep = "|---" * (len(cols) + 1) + "|"
     rs = r["recipe_sampler"]
+    shift = f"{{:+.{digits}f}}".format
     lines = [
-        "# Epsilon scaling of the CT model: where sampling loses fine texture, and the scale that restores it", "",
-        "Generated by `python scripts/eps_scale_study.py` (config `configs/eps_scale_ct.toml`); every number is in "
-        "`eps_scale_ct.json`. Real side: the crops themselves — "
-        f"{r['n_crops']} crops of {r['crop_size']}² from {r['n_crops']} training-split slices "
-        f"({r['n_slices']} slices of {r['n_patients']} patients to draw from). The validation patients are not read.",
+        f"# Epsilon scaling of the {what[0]} model: where sampling loses fine texture, and the scale that restores it", "",
+        f"Generated by `python scripts/eps_scale_study.py --config configs/{name}.toml`; every number is in "
+        f"`{name}.json`. Real side: the crops themselves — "
+        f"{r['n_crops']} crops of {r['crop_size']}² from {r['n_crops']} training-split {what[1]} of "
+        f"{r.get('n_crop_patients', '?')} {what[2]} ({r['n_slices']} {what[1]} of {r['n_patients']} {what[2]} to "
+        f"draw from). The validation {what[2]} are not read.",
         "Band powers are radial power-spectrum bands (cycles / pixel: low < 0.05, mid 0.05–0.2, high 0.2–0.5) "
-        "of the outputs over those of the crops; mean HU shift is output minus crop.", "",
+        f"of the outputs over those of the crops; the mean {unit} shift is output minus crop.", "",
         f"Model: `{r['checkpoint']}` at step {r['checkpoint_step']}. Machine: {machine_line(r['machine'])}.", "",
         "## 1. One x0 prediction from the crop noised to t", "",
         "| t " + head, "|---" + sep,
-        *[f"| {x['t']} | " + " | ".join(f"{x[b]:.2f}" for b in cols) + f" | {x['mean_hu_shift']:+.1f} |"
+        *[f"| {x['t']} | " + " | ".join(f"{x[b]:.2f}" for b in cols) + f" | {shift(x['mean_shift'])} |"
           for x in r["single_step"]], "",
         "## 2. The full 1000-step ancestral chain from the crop noised to t", "",
         "| start t " + head + " s |", "|---" + sep + "---|",
-        *[f"| {x['start_step']} | " + " | ".join(f"{x[b]:.2f}" for b in cols) + f" | {x['mean_hu_shift']:+.1f} | "
+        *[f"| {x['start_step']} | " + " | ".join(f"{x[b]:.2f}" for b in cols) + f" | {shift(x['mean_shift'])} | "
           f"{x['seconds']} |" for x in r["full_chain"]], "",
         f"## 3. The recipe's sampler ({rs['method']}, respacing {rs['steps']}, SDEdit from t = {rs['start_step']}, "
         f"anatomy guidance φ_{rs['anatomy_factor']} while t ≥ {rs['anatomy_stop_step']}) against eps_scale", "",
         "| eps_scale " + head, "|---" + sep,
         *[f"| {x['eps_scale']:.2f}{' ✓' if x['eps_scale'] == r['pick'] else ''} | "
-          + " | ".join(f"{x[b]:.2f}" for b in cols) + f" | {x['mean_hu_shift']:+.1f} |" for x in r["calibration"]], "",
+          + " | ".join(f"{x[b]:.2f}" for b in cols) + f" | {shift(x['mean_shift'])} |" for x in r["calibration"]], "",
         f"✓: the rule fixed in the config (the smallest worst-band |log ratio| over "
         f"{', '.join(bands)}) picks **eps_scale = {r['pick']:.2f}**; "
-        + ("the 512² CT recipes carry it (`[sampler] eps_scale`)." if r.get("applied", True) else
-           f"**not applied**: the 512² CT recipes keep eps_scale = 1. Why: {r['not_applied_because']}"), "",
+        + (f"{what[3]} carry it (`[sampler] eps_scale`)." if r.get("applied", True) else
+           f"**not applied**: {what[3]} keep eps_scale = 1. Why: {r['not_applied_because']}"), "",
     ]
     return "\n".join(lines)
 
@@ -182,17 +215,19 @@ def main() -> None:
     ap.add_argument("--report-only", action="store_true", help="rewrite the .md from the existing .json")
     args = ap.parse_args()
     cfg = tomllib.loads(args.config.read_text())
+    name = cfg["report"]["name"]
+    results_path = REPO / "docs" / "results" / name
     if args.report_only:
-        results = json.loads(RESULTS.with_suffix(".json").read_text())
+        results = json.loads(results_path.with_suffix(".json").read_text())
     else:
         results = run(cfg, args.threads)
     # Whether the recipes take the pick is a decision recorded in the config, not a measurement.
     results["applied"] = bool(cfg["calibration"].get("apply", True))
     if not results["applied"]:
         results["not_applied_because"] = cfg["calibration"]["not_applied_because"]
-    write_text(RESULTS.with_suffix(".json"), json.dumps(results, indent=1) + "\n")
-    write_text(RESULTS.with_suffix(".md"), markdown(results))
-    print(f"eps_scale pick {results['pick']}; wrote {RESULTS.with_suffix('.md')}")
+    write_text(results_path.with_suffix(".json"), json.dumps(results, indent=1) + "\n")
+    write_text(results_path.with_suffix(".md"), markdown(results, name))
+    print(f"eps_scale pick {results['pick']}; wrote {results_path.with_suffix('.md')}")
 
 
 if __name__ == "__main__":
