@@ -76,13 +76,18 @@ def test_recipe_cli_and_meta_carry_the_scale(tmp_path):
     assert main([*args, "--out", str(tmp_path / "bad"), "--eps-scale", "0"]) != 0
 
 
-def test_ct_recipes_carry_the_calibrated_scale_unless_the_study_withholds_it():
+@pytest.mark.parametrize("study_name, recipes", [
+    ("eps_scale_ct", ("lung_ct_real512.toml", "lung_ct_phantom512.toml")),
+    ("eps_scale_mg", ("mammo_mias512.toml", "mammo_phantom512.toml")),
+])
+def test_recipes_carry_the_calibrated_scale_unless_the_study_withholds_it(study_name, recipes):
     import tomllib
 
-    study = json.loads((REPO / "docs" / "results" / "eps_scale_ct.json").read_text())
-    config = tomllib.loads((REPO / "configs" / "eps_scale_ct.toml").read_text())["calibration"]
-    assert study["applied"] == config.get("apply", True)
+    study = json.loads((REPO / "docs" / "results" / f"{study_name}.json").read_text())
+    config = tomllib.loads((REPO / "configs" / f"{study_name}.toml").read_text())
+    assert study["applied"] == config["calibration"].get("apply", True)
+    assert study["config"]["report"]["name"] == study_name and study["modality"] == config["data"]["modality"]
     expected = study["pick"] if study["applied"] else 1.0
     assert study["applied"] or study["not_applied_because"]
-    for recipe in (REPO / "configs" / "lung_ct_real512.toml", REPO / "configs" / "lung_ct_phantom512.toml"):
-        assert load_recipe(recipe).sampler.eps_scale == pytest.approx(expected), recipe.name
+    for recipe in recipes:
+        assert load_recipe(REPO / "configs" / recipe).sampler.eps_scale == pytest.approx(expected), recipe
