@@ -9,9 +9,9 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
+from mcfast.constants import MODALITIES
 from mcfast.errors import CheckpointError, InputError
 
-MODALITIES = ("ct", "mg")
 # (modality, model name) -> (asset folder, demo recipe)
 MODELS = {
     ("ct", "real"): ("ct_real", "demo_ct_real.toml"),

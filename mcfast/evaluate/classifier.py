@@ -5,121 +5,36 @@ then on real plus synthetic images adding +33 %, +67 %, +100 %, +133 % of the re
 count, for several seeds; AUC and F1 (threshold chosen on validation) with stratified
 bootstrap intervals are measured on the real test set. Splits are made per patient/woman
 (:mod:`mcfast.evaluate.splits`). The configuration is :mod:`mcfast.evaluate.config`, the images
-:mod:`mcfast.evaluate.data`.
+:mod:`mcfast.evaluate.data`, the classifier's training :mod:`mcfast.evaluate.binary_classifier`, the table
+and output files :mod:`mcfast.evaluate.classifier_report`; this module runs the study (resumable, one
+saved result per increment and seed) and aggregates its rows, and re-exports those names.
 """
 from __future__ import annotations
 
-import copy
 import json
-import math
-import platform
 import time
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from mcfast.errors import InputError
-from mcfast.evaluate.config import EvalConfig, TrainConfig
+from mcfast.evaluate.binary_classifier import create_classifier, predict_scores, train_binary_classifier
+from mcfast.evaluate.classifier_report import results_table_markdown, write_results
+from mcfast.evaluate.config import EvalConfig
 from mcfast.evaluate.data import LabeledImages, read_provenance
-from mcfast.evaluate.metrics import (best_f1_threshold, bootstrap_interval, f1_score, paired_bootstrap_test,
-                                     roc_auc)
+from mcfast.evaluate.machine import cpu_name, machine_info
+from mcfast.evaluate.metrics import best_f1_threshold, bootstrap_interval, f1_score, paired_bootstrap_test, roc_auc
 from mcfast.evaluate.splits import SPLIT_NAMES, group_name, study_split
 
-# --------------------------------------------------------------------------- training
-def create_classifier(name: str, seed: int) -> torch.nn.Module:
-    """A timm model from scratch (no downloaded weights), one input channel, one logit."""
-    from mcfast.extras import require
-
-    timm = require("timm", extra="eval", feature="the realism classifier")
-
-    try:
-        with torch.random.fork_rng(devices=[]):  # timm initialises from the global RNG
-            torch.manual_seed(seed)
-            return timm.create_model(name, pretrained=False, in_chans=1, num_classes=1)
-    except RuntimeError as exc:
-        raise InputError(f"model {name!r}: {exc}") from None
+# The study's names and the ones it re-exports: the import path of realism, segmentation, the scripts and the CLI.
+__all__ = ["create_classifier", "predict_scores", "train_binary_classifier", "results_table_markdown",
+           "write_results", "cpu_name", "machine_info",
+           "choose_synthetic", "study_fingerprint", "run_file", "split_parts", "run_classifier_study", "study_meta",
+           "assemble_results", "paired_vs_baseline", "results_from_saved"]
 
 
-def _augment(x: torch.Tensor, g: torch.Generator, flips: bool = True) -> torch.Tensor:
-    """Random horizontal flips (unless ``flips`` is False) and small translations (reflect-padded), per image."""
-    flip = torch.rand(x.shape[0], generator=g) < 0.5  # drawn either way: the shifts stay the same
-    if flips:
-        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-    pad = max(1, x.shape[-1] // 16)
-    xp = F.pad(x, (pad, pad, pad, pad), mode="reflect")
-    out = torch.empty_like(x)
-    shifts = torch.randint(0, 2 * pad + 1, (x.shape[0], 2), generator=g)
-    for i, (dy, dx) in enumerate(shifts.tolist()):
-        out[i] = xp[i, :, dy:dy + x.shape[-2], dx:dx + x.shape[-1]]
-    return out
-
-
-@torch.no_grad()
-def predict_scores(model: torch.nn.Module, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """Sigmoid probabilities of the positive class for (N, H, W) model-space images."""
-    model.eval()
-    out = []
-    for i in range(0, len(images), batch_size):
-        x = torch.from_numpy(images[i:i + batch_size]).float()[:, None]
-        out.append(torch.sigmoid(model(x)[:, 0]).numpy())
-    return np.concatenate(out).astype(np.float64) if out else np.zeros(0)
-
-
-def train_binary_classifier(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray | None,
-                            y_val: np.ndarray | None, settings: TrainConfig, seed: int,
-                            progress: Callable[[str], None] | None = None) -> tuple[torch.nn.Module, dict]:
-    """Train ``settings.model`` with AdamW + cosine decay and class-balanced BCE.
-
-    With validation data, the weights of the epoch with the best validation AUC are kept
-    (the first best on ties). Returns the model and a history dict.
-    """
-    if len(np.unique(y_train)) < 2:
-        raise InputError("training set needs both classes")
-    g = torch.Generator().manual_seed(seed)
-    model = create_classifier(settings.model, seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-    steps_per_epoch = math.ceil(len(y_train) / settings.batch_size)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=settings.epochs * steps_per_epoch)
-    n_pos = float(y_train.sum())
-    pos_weight = torch.tensor([(len(y_train) - n_pos) / n_pos])
-    x_all = torch.from_numpy(x_train).float()[:, None]
-    y_all = torch.from_numpy(y_train).float()
-    history = {"train_loss": [], "val_auc": [], "best_epoch": None}
-    best_auc, best_state = -1.0, None
-    for epoch in range(settings.epochs):
-        model.train()
-        order = torch.randperm(len(y_all), generator=g)
-        total = 0.0
-        for i in range(0, len(order), settings.batch_size):
-            idx = order[i:i + settings.batch_size]
-            x = _augment(x_all[idx], g, settings.flip) if settings.augment else x_all[idx]
-            loss = F.binary_cross_entropy_with_logits(model(x)[:, 0], y_all[idx], pos_weight=pos_weight)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += loss.item() * len(idx)
-        history["train_loss"].append(total / len(y_all))
-        if x_val is not None and len(x_val):
-            auc = roc_auc(y_val, predict_scores(model, x_val))
-            history["val_auc"].append(auc)
-            if np.isfinite(auc) and auc > best_auc:
-                best_auc, best_state = auc, copy.deepcopy(model.state_dict())
-                history["best_epoch"] = epoch + 1
-        if progress:
-            va = f", val AUC {history['val_auc'][-1]:.3f}" if history["val_auc"] else ""
-            progress(f"  epoch {epoch + 1}/{settings.epochs}: loss {history['train_loss'][-1]:.4f}{va}")
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    else:
-        history["best_epoch"] = settings.epochs
-    return model, history
-
-
-# --------------------------------------------------------------------------- the study
 def choose_synthetic(synthetic: LabeledImages, n: int, seed: int, abnormal_share: float | None = None) -> np.ndarray:
     """Indices of ``n`` synthetic images (all of them when the pool is smaller); nested in ``n``.
 
@@ -422,90 +337,3 @@ def _aggregate(inc, runs, y, cfg) -> dict:
         "f1_lo": f1_lo, "f1_hi": f1_hi,
         "seeds": seed_results,
     }
-
-
-def cpu_name() -> str:
-    """The CPU's model name (/proc/cpuinfo), else what ``platform`` knows."""
-    from pathlib import Path
-
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def machine_info() -> dict:
-    import os
-
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_model": cpu_name(),
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "cuda": torch.cuda.is_available(), "python": platform.python_version()}
-
-
-def _fmt_p(p: float) -> str:
-    return "–" if p is None or not np.isfinite(p) else (f"{p:.3f}" if p >= 0.001 else "< 0.001")
-
-
-def results_table_markdown(results: dict) -> str:
-    """The study table in markdown (one row per increment; mean over seeds, bootstrap interval, paired test)."""
-    ci = int(round(results["config"]["study"]["ci"] * 100))
-    seeds = results["config"]["study"]["seeds"]
-    lines = [f"| synthetic added | real train (abnormal) | synthetic (abnormal) | share | AUC mean ± sd | AUC {ci}% CI | "
-             f"F1 mean ± sd | F1 {ci}% CI | ΔAUC vs real-only [{ci}% CI], p | ΔF1 vs real-only [{ci}% CI], p |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    n_real_abn = results["splits"]["train"]["abnormal"]
-    for r in results["rows"]:
-        cap = " (capped)" if r["capped"] else ""
-        pt = r.get("paired_vs_real_only")
-        if pt and "auc" in pt:
-            a, f = pt["auc"], pt["f1"]
-            d_auc = f"{a['delta']:+.3f} [{a['delta_lo']:+.3f}, {a['delta_hi']:+.3f}], p {_fmt_p(a['p'])}"
-            d_f1 = f"{f['delta']:+.3f} [{f['delta_lo']:+.3f}, {f['delta_hi']:+.3f}], p {_fmt_p(f['p'])}"
-        else:
-            d_auc = d_f1 = "(reference)" if r["increment"] == 0 else "–"
-        lines.append(f"| +{r['increment']:.0%} | {r['n_real_train']} ({n_real_abn}) | "
-                     f"{r['n_synthetic']} ({r.get('n_synthetic_abnormal', 0):g}){cap} | "
-                     f"{r['synthetic_share']:.2f} | {r['auc_mean']:.3f} ± {r['auc_std']:.3f} | "
-                     f"[{r['auc_lo']:.3f}, {r['auc_hi']:.3f}] | {r['f1_mean']:.3f} ± {r['f1_std']:.3f} | "
-                     f"[{r['f1_lo']:.3f}, {r['f1_hi']:.3f}] | {d_auc} | {d_f1} |")
-    for s in results["skipped"]:
-        lines.append(f"| +{s['increment']:.0%} | – | – | – | pending: {s['reason']} | | | | | |")
-    sp = results["splits"]
-    lines.append("")
-    lines.append("Split (women / images / abnormal): " + "; ".join(
-        f"{k} {sp[k]['groups']} / {sp[k]['n']} / {sp[k]['abnormal']} ({sp[k]['abnormal'] / max(sp[k]['n'], 1):.0%})"
-        for k in ("train", "val", "test")) + ".")
-    pool = results.get("synthetic_pool")
-    if pool:
-        share = pool.get("abnormal_share_used")
-        lines.append(f"Synthetic pool: {pool['n']} images, {pool['abnormal']} abnormal "
-                     f"({pool['abnormal'] / max(pool['n'], 1):.0%}); each increment draws "
-                     + (f"{share:.0%} abnormal (the real training share)" if share is not None else "at random")
-                     + ", nested across increments.")
-    n_pb = results["config"]["study"].get("n_paired_bootstrap", "")
-    lines.append(f"Seeds {seeds}; intervals: stratified bootstrap over test images of the "
-                 f"seed-mean metric ({results['config']['study']['n_bootstrap']} resamples). "
-                 "F1 at the threshold that maximised F1 on the validation split. Δ vs real-only: paired "
-                 f"two-level bootstrap ({n_pb} resamples of test images, stratified, and of seed pairs; each "
-                 "row's seed s is paired with real-only seed s), two-sided p.")
-    return "\n".join(lines) + "\n"
-
-
-def write_results(results: dict, out_dir: str | Path) -> dict[str, Path]:
-    """results.json, table.md, auc_vs_synthetic.png and the synthetic provenance copy."""
-    from mcfast.atomic import write_text
-    from mcfast.evaluate.plots import plot_auc_vs_share
-
-    out = Path(out_dir)
-    paths = {"json": out / "results.json", "table": out / "table.md", "plot": out / "auc_vs_synthetic.png"}
-    write_text(paths["json"], json.dumps(results, indent=1))
-    write_text(paths["table"], f"# {results['name']}\n\n" + results_table_markdown(results))
-    plot_auc_vs_share(results, paths["plot"])
-    if results.get("provenance"):
-        paths["provenance"] = out / "synthetic_provenance.json"
-        write_text(paths["provenance"], json.dumps(results["provenance"]["content"], indent=1))
-    return paths

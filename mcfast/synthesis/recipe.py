@@ -17,10 +17,9 @@ from mcfast.diffusion.eps_scaling import check_eps_scale
 from mcfast.errors import InputError
 # One list of source names and one patch-size bound, shared with the code that serves them.
 from mcfast.synthesis.sources import ANATOMY_SOURCES, PATHOLOGY_SOURCES, patch_side_range
+from mcfast.constants import BACKENDS, MODALITIES  # one list, shared with the CLI and guidance
 
-MODALITIES = ("ct", "mg")
 FILTERS = ("box", "bicubic")
-BACKENDS = ("auto", "reference", "fused")
 # Which pixels an MG patch's intensities are matched to: the whole breast tissue mask, or the tissue in
 # a window around where the lesion was placed (see mcfast.synthesis.plan.matching_region).
 MATCH_REGIONS = ("breast", "local")
@@ -77,8 +76,8 @@ class OutputSpec:
 
 
 @dataclass
-class _Top:
-    """The [recipe] table."""
+class RecipeSpec:
+    """The [recipe] table: modality, image size and seed."""
     modality: str = "ct"
     image_size: int = 64
     seed: int = 0
@@ -258,7 +257,7 @@ def recipe_from_dict(data: dict[str, Any], source: str = "<dict>") -> Recipe:
     unknown = sorted(set(data) - known)
     if unknown:
         raise InputError(f"{source}: unknown section(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})")
-    top = _fill(_Top, data.get("recipe", {}), source, "recipe")
+    top = _fill(RecipeSpec, data.get("recipe", {}), source, "recipe")
     pathology = data.get("pathology", [])
     if isinstance(pathology, dict):
         pathology = [pathology]

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from mcfast.constants import MODALITIES
 from mcfast.errors import InputError
 from mcfast.io.windows import WINDOWS, apply_window
 
@@ -26,7 +27,6 @@ PNG_SUFFIXES = {".png"}
 NPY_SUFFIXES = {".npy"}
 DICOM_SUFFIXES = {".dcm", ".dicom"}
 IMAGE_SUFFIXES = PNG_SUFFIXES | NPY_SUFFIXES | DICOM_SUFFIXES
-MODALITIES = ("ct", "mg")
 
 
 def needs_window(path: Path, modality: str) -> bool:

@@ -1,0 +1,163 @@
+"""The patch-level CNN two-sample test (Lopez-Paz & Oquab 2017, "Revisiting classifier two-sample tests"):
+a small CNN trained from scratch per grouped fold on random crops, each held-out image scored by the
+mean logit of its crops (the protocol: :mod:`mcfast.evaluate.two_sample`).
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from mcfast.errors import InputError
+from mcfast.evaluate.folds import check_pair, grouped_folds, image_groups
+from mcfast.evaluate.metrics import auc_with_interval
+
+
+class PatchCNN(nn.Module):
+    """Four 3x3 conv layers (8-32-64-64 channels) with BatchNorm/ReLU, global average pool, one logit.
+
+    The first layer has stride 1 and the others stride 2: on 40+40 smooth 256² fields against
+    the same plus white noise of std 0.006, an all-stride-2 net (16-32-64-64, 6 epochs, 20 s)
+    reached AUC 0.85 and twice the epochs did not help, while this one (5 epochs, ~47 s) reached
+    1.0 -- pixel-scale texture needs a full-resolution first layer.
+    """
+
+    def __init__(self, channels: tuple[int, ...] = (8, 32, 64, 64)):
+        super().__init__()
+        layers, c_in = [], 1
+        for i, c in enumerate(channels):
+            layers += [nn.Conv2d(c_in, c, 3, stride=1 if i == 0 else 2, padding=1, bias=False), nn.BatchNorm2d(c),
+                       nn.ReLU(inplace=True)]
+            c_in = c
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(c_in, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x).mean((-2, -1)))[:, 0]
+
+
+def _valid_positions(images: np.ndarray, crop: int, min_std: float) -> np.ndarray:
+    """(N, H-crop+1, W-crop+1) bool: crop at (y, x) has pixel std >= ``min_std`` (integral images)."""
+    n, h, w = images.shape
+    out = np.empty((n, h - crop + 1, w - crop + 1), bool)
+    area = float(crop * crop)
+    for i in range(n):
+        x = images[i].astype(np.float64)
+        s1 = np.pad(x.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+        s2 = np.pad((x * x).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+
+        def window(s):
+            return s[crop:, crop:] - s[:-crop, crop:] - s[crop:, :-crop] + s[:-crop, :-crop]
+
+        mean = window(s1) / area
+        var = window(s2) / area - mean * mean
+        out[i] = var >= min_std * min_std
+    return out
+
+
+def _sample_crops(images: np.ndarray, valid: np.ndarray, index: np.ndarray, n_crops: int, crop: int,
+                  rng: np.random.Generator) -> np.ndarray:
+    """``n_crops`` uniform random crops of each image ``index[j]``, among its non-constant positions
+    when it has any (else among all): (len(index) * n_crops, crop, crop) float32."""
+    wp = valid.shape[2]
+    windows = np.lib.stride_tricks.sliding_window_view(images, (crop, crop), axis=(1, 2))
+    img_idx, ys, xs = [], [], []
+    for i in index:
+        flat = np.flatnonzero(valid[i])
+        pos = rng.choice(flat, n_crops) if flat.size else rng.integers(0, valid[i].size, n_crops)
+        img_idx.append(np.full(n_crops, i))
+        ys.append(pos // wp)
+        xs.append(pos % wp)
+    return np.ascontiguousarray(windows[np.concatenate(img_idx), np.concatenate(ys), np.concatenate(xs)])
+
+
+def patch_cnn_test(a, b, *, crop: int = 48, crops_per_image: int = 32, folds: int = 5, epochs: int = 5,
+                   batch_size: int = 64, lr: float = 1e-3, min_std: float = 1e-3, seed: int = 0,
+                   n_boot: int = 1000, ci: float = 0.95, groups_a=None, groups_b=None,
+                   progress: Callable[[str], None] | None = None) -> dict:
+    """Patch-level CNN two-sample test: can a small CNN tell crops of ``a`` (label 0) from ``b`` (1)?
+
+    Folds come from :func:`grouped_folds` (by image, or by ``groups_a``/``groups_b`` such as
+    patient ids). Per fold a :class:`PatchCNN` is trained from scratch (Adam, ``lr``, ``epochs``,
+    batches of ``batch_size``, BCE) on ``crops_per_image`` fresh random crops of every training
+    image each epoch; every held-out image is scored by the mean logit of ``crops_per_image``
+    random crops drawn once per image from ``seed`` (so they do not depend on the fold). The
+    out-of-fold scores of all images give the AUC and its stratified bootstrap interval
+    (:func:`mcfast.evaluate.metrics.auc_with_interval`).
+
+    Crop positions are uniform over the image, except that crops whose pixel standard deviation
+    is below ``min_std`` (exactly or nearly constant, e.g. air clipped to -1024 HU outside the
+    scanner's field of view) are skipped when an image has any other position: such background
+    is identical in both sets and would only dilute the test. Air *with* noise is kept (a noise
+    difference there is a real difference).
+
+    Runtime: two sets of 40 images of 256x256 with the defaults (crop 48, 32 crops per image,
+    5 folds, 5 epochs) took about 50 s on one CPU thread (``torch.set_num_threads(1)``, on a
+    2-core machine shared with a training job); the time grows linearly with
+    images x crops_per_image x epochs x folds x crop², and barely with the image size.
+    On those sets (smooth fields vs the same plus white noise of std 0.006) it gave AUC 1.0
+    where :func:`mcfast.evaluate.hand_features.hand_feature_test` gave 0.60; same-process sets gave 0.47.
+
+    Returns ``auc``, ``auc_lo``, ``auc_hi``, ``n_a``, ``n_b``, ``folds``, ``crop``,
+    ``crops_per_image``, ``epochs``, ``seconds`` and the out-of-fold ``scores_a``/``scores_b``.
+    """
+    a, b = check_pair(a, b, folds)
+    h, w = a.shape[1:]
+    if not isinstance(crop, (int, np.integer)) or not 8 <= crop <= min(h, w):
+        raise InputError(f"crop {crop!r} must be an integer in [8, {min(h, w)}] for {h}x{w} images")
+    for name, value in (("crops_per_image", crops_per_image), ("epochs", epochs), ("batch_size", batch_size)):
+        if not isinstance(value, (int, np.integer)) or value < 1:
+            raise InputError(f"{name} must be an integer >= 1, got {value!r}")
+    if not lr > 0:
+        raise InputError(f"lr must be > 0, got {lr}")
+    say = progress or (lambda msg: None)
+    t0 = time.perf_counter()
+    images = np.concatenate([a, b])
+    labels = np.concatenate([np.zeros(len(a), np.int64), np.ones(len(b), np.int64)])
+    splits = grouped_folds(labels, image_groups(groups_a, groups_b, len(a), len(b)), folds, seed)
+    valid = _valid_positions(images, crop, min_std)
+    test_rng = np.random.default_rng([seed, 1])
+    test_crops = torch.from_numpy(_sample_crops(images, valid, np.arange(len(images)), crops_per_image, crop,
+                                                test_rng))[:, None]
+    scores = np.full(len(images), np.nan)
+    for f, (train_idx, test_idx) in enumerate(splits):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed * 1009 + f)
+            net = PatchCNN()
+        opt = torch.optim.Adam(net.parameters(), lr=lr)
+        rng = np.random.default_rng([seed, 2, f])
+        y_img = labels[train_idx]
+        loss_sum = 0.0
+        for epoch in range(epochs):
+            x = torch.from_numpy(_sample_crops(images, valid, train_idx, crops_per_image, crop, rng))[:, None]
+            y = torch.from_numpy(np.repeat(y_img, crops_per_image).astype(np.float32))
+            order = torch.from_numpy(rng.permutation(len(y)))
+            net.train()
+            loss_sum, n_batches = 0.0, 0
+            for i in range(0, len(order), batch_size):
+                sel = order[i:i + batch_size]
+                if sel.numel() < 2:  # BatchNorm needs two samples
+                    continue
+                loss = F.binary_cross_entropy_with_logits(net(x[sel]), y[sel])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                loss_sum += loss.item()
+                n_batches += 1
+            loss_sum /= max(n_batches, 1)
+        net.eval()
+        with torch.no_grad():
+            rows = (test_idx[:, None] * crops_per_image + np.arange(crops_per_image)).ravel()
+            logits = torch.cat([net(test_crops[rows[i:i + 512]]) for i in range(0, rows.size, 512)])
+        scores[test_idx] = logits.view(len(test_idx), crops_per_image).mean(1).double().numpy()
+        say(f"  patch CNN fold {f + 1}/{folds}: final train loss {loss_sum:.4f}")
+    out = auc_with_interval(labels, scores, n_boot, ci, seed)
+    out.update({"n_a": int(len(a)), "n_b": int(len(b)), "folds": int(folds), "crop": int(crop),
+                "crops_per_image": int(crops_per_image), "epochs": int(epochs),
+                "seconds": round(time.perf_counter() - t0, 3),
+                "scores_a": scores[: len(a)].tolist(), "scores_b": scores[len(a):].tolist()})
+    return out

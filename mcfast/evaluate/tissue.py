@@ -1,0 +1,97 @@
+"""Tissue intensity descriptors of image sets: median HU per tissue inside the body (CT) and the distance
+between the breast-area intensity distributions (MG).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import scipy.ndimage as ndi
+
+from mcfast.errors import InputError
+from mcfast.evaluate.folds import as_images
+from mcfast.io.windows import model_to_hu
+
+#: HU ranges of :func:`tissue_hu_medians` (inclusive; bone has no upper bound below HU_MAX).
+TISSUE_HU_RANGES: dict[str, tuple[float, float]] = {
+    "lung": (-950.0, -500.0),
+    "fat": (-150.0, -50.0),
+    "soft_tissue": (10.0, 80.0),
+    "bone": (250.0, math.inf),
+}
+BODY_THRESHOLD_HU = -500.0
+
+
+def breast_intensities(images_model_space) -> np.ndarray:
+    """Every breast pixel of a set of mammograms (model space), in [0, 1]; each image's breast from
+    :func:`mcfast.io.mammo.breast_mask`, the mask the framing and the lesion placement use."""
+    from mcfast.io.mammo import breast_mask
+
+    x = as_images(images_model_space, "images")
+    values = [((img + 1.0) / 2.0)[breast_mask(img)] for img in x]
+    return np.concatenate(values) if values else np.zeros(0, np.float32)
+
+
+def breast_intensity_distance(real, other, n_bins: int = 256) -> dict:
+    """1-Wasserstein distance between the pooled breast-area intensity distributions ([0, 1] units:
+    the mean shift in brightness it would take to turn one into the other), from ``n_bins``-bin
+    histograms, plus both medians. Background padding is left out: it is the same by construction."""
+    a, b = breast_intensities(real), breast_intensities(other)
+    if a.size == 0 or b.size == 0:
+        raise InputError("breast_intensity_distance: a set has no breast pixels")
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    cdf_a = np.cumsum(np.histogram(np.clip(a, 0, 1), edges)[0]) / a.size
+    cdf_b = np.cumsum(np.histogram(np.clip(b, 0, 1), edges)[0]) / b.size
+    return {"wasserstein": float(np.abs(cdf_a - cdf_b).sum() / n_bins),
+            "median_real": float(np.median(a)), "median_other": float(np.median(b))}
+
+
+def body_mask(hu: np.ndarray, threshold: float = BODY_THRESHOLD_HU) -> np.ndarray:
+    """(H, W) bool: largest connected component of ``hu > threshold`` with its holes filled
+    (so the lungs and the airways inside the body belong to it)."""
+    lab, n = ndi.label(hu > threshold)
+    if n == 0:
+        return np.zeros(hu.shape, bool)
+    largest = 1 + int(np.argmax(np.bincount(lab.ravel())[1:]))
+    return ndi.binary_fill_holes(lab == largest)
+
+
+def tissue_hu_medians(images_model_space, masks=None, ranges: dict[str, tuple[float, float]] | None = None) -> dict:
+    """Median HU per tissue inside the body of CT images given in model space.
+
+    Pixels are converted with :func:`mcfast.io.windows.model_to_hu` and selected by HU range
+    (inclusive) inside a body mask: ``masks`` (N, H, W) when given, else :func:`body_mask`
+    (largest connected component of HU > -500 after hole filling). Default ranges
+    (:data:`TISSUE_HU_RANGES`): lung -950..-500, fat -150..-50, soft tissue (muscle) 10..80,
+    bone > 250 HU.
+
+    Returns ``median_hu`` {tissue: median over all selected pixels of the set},
+    ``per_image_median_hu`` {tissue: [median per image]}, ``tissue_fraction`` {tissue: selected
+    pixels / body pixels over the set}, ``ranges_hu`` (an open upper end is None) and ``n_images``; a tissue with no pixel
+    gives NaN.
+    """
+    x = as_images(images_model_space, "images")
+    ranges = TISSUE_HU_RANGES if ranges is None else ranges
+    if masks is not None:
+        masks = np.asarray(masks).astype(bool)
+        if masks.shape != x.shape:
+            raise InputError(f"masks have shape {masks.shape}, images {x.shape}")
+    per_image = {t: [] for t in ranges}
+    pooled = {t: [] for t in ranges}
+    body_total = 0
+    for i in range(len(x)):
+        hu = np.asarray(model_to_hu(x[i]), np.float64)
+        body = masks[i] if masks is not None else body_mask(hu)
+        body_total += int(body.sum())
+        values = hu[body]
+        for t, (lo, hi) in ranges.items():
+            sel = values[(values >= lo) & (values <= hi)]
+            pooled[t].append(sel)
+            per_image[t].append(float(np.median(sel)) if sel.size else math.nan)
+    median, fraction = {}, {}
+    for t in ranges:
+        allv = np.concatenate(pooled[t]) if pooled[t] else np.zeros(0)
+        median[t] = float(np.median(allv)) if allv.size else math.nan
+        fraction[t] = allv.size / body_total if body_total else math.nan
+    return {"median_hu": median, "per_image_median_hu": per_image, "tissue_fraction": fraction,
+            "ranges_hu": {t: [lo, hi if math.isfinite(hi) else None] for t, (lo, hi) in ranges.items()}, "n_images": int(len(x))}
