@@ -11,8 +11,17 @@ import mcfast
 from mcfast.api import FORMATS, Synthesizer, build_recipe, save, to_coco
 from mcfast.errors import InputError
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 STEPS = 5
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread_for_the_module():
+    """One torch thread for the whole module, the module-scoped items included: the items compared here
+    are made in different fixtures and tests, and float rounding depends on the thread count."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")
