@@ -178,10 +178,9 @@ class SyntheticImage:
 
     @property
     def labels(self) -> np.ndarray:
-        labels = np.zeros(self.model_image.shape, dtype=np.uint8)
-        for k, lesion in enumerate(self.plan.lesions, start=1):
-            labels[lesion.mask > 0] = k
-        return labels
+        from mcfast.synthesis.outputs import label_map
+
+        return label_map(self.plan, self.model_image.shape)
 
     @property
     def boxes(self) -> list[list[int]]:
@@ -217,10 +216,9 @@ class SyntheticImage:
 
 
 def _check_writable(out: Path) -> None:
-    from mcfast.io.paths import check_out_dir, make_out_dir
+    from mcfast.io.paths import make_out_dir
 
-    check_out_dir(out, "out")
-    make_out_dir(out, "out")
+    make_out_dir(out, "out")  # checks first (check_out_dir), then creates
 
 
 def _one_modality(items: Sequence[SyntheticImage]) -> str:
@@ -401,12 +399,8 @@ def _as_array(anatomy: Any) -> np.ndarray:
     if array is None or array.dtype == object or array.ndim == 0:
         raise InputError(f"anatomy must be 'phantom', a path, a dict of [anatomy] settings or a 2-D array, "
                          f"got {type(anatomy).__name__}")
-    if array.ndim == 3 and array.shape[0] == 1:
-        array = array[0]
-    if array.ndim != 2:
-        raise InputError(f"anatomy array must be 2-D (H, W) (one grey image; RGB is not a scan), got shape "
-                         f"{tuple(array.shape)}")
-    return array
+    # (1, H, W) as a tensor of one channel; the shape, dtype and values are checked by anatomy_from_array
+    return array[0] if array.ndim == 3 and array.shape[0] == 1 else array
 
 
 def _indices(n: int, indices: Sequence[int] | None) -> list[int]:

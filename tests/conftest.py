@@ -23,3 +23,12 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="session")
+def tiny_run_32(tmp_path_factory) -> Path:
+    """An untrained tiny 32² CT run (tests/synthesis_helpers.make_tiny_run), made once per session and only
+    read: the bad-input tests link it into each sandbox."""
+    from synthesis_helpers import make_tiny_run
+
+    return make_tiny_run(tmp_path_factory.mktemp("tiny") / "run", image_size=32)

@@ -5,19 +5,13 @@ import os
 import pytest
 
 from bad_input_helpers import run_bad, symlink_loop
-from synthesis_helpers import make_tiny_run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    return make_tiny_run(tmp_path_factory.mktemp("tiny") / "run", image_size=32)
-
-
 @pytest.fixture()
-def sandbox(tmp_path, run_dir):
-    os.symlink(run_dir, tmp_path / "run")
+def sandbox(tmp_path, tiny_run_32):
+    os.symlink(tiny_run_32, tmp_path / "run")
     (tmp_path / "afile").write_text("keep me")
     (tmp_path / "sampler.pt").write_bytes(b"an earlier export")
     (tmp_path / "folder").mkdir()

@@ -7,27 +7,21 @@ import torch
 
 from bad_input_helpers import run_bad, symlink_loop
 from mcfast.cli import main
-from synthesis_helpers import make_tiny_run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    return make_tiny_run(tmp_path_factory.mktemp("tiny") / "run", image_size=32)
-
-
 @pytest.fixture()
-def sandbox(tmp_path, run_dir):
-    os.symlink(run_dir, tmp_path / "run")
+def sandbox(tmp_path, tiny_run_32):
+    os.symlink(tiny_run_32, tmp_path / "run")
     (tmp_path / "afile").write_text("keep me")
     symlink_loop(tmp_path)
     return tmp_path
 
 
 @pytest.fixture()
-def with_prev(sandbox, run_dir):
-    assert main(["sample", "--ckpt", str(run_dir), "--out", str(sandbox / "prev"), "--n", "1", "--steps", "2",
+def with_prev(sandbox, tiny_run_32):
+    assert main(["sample", "--ckpt", str(tiny_run_32), "--out", str(sandbox / "prev"), "--n", "1", "--steps", "2",
                  "--no-progress"]) == 0
     return sandbox
 

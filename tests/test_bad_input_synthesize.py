@@ -10,7 +10,6 @@ import torch
 
 from bad_input_helpers import npy_claiming, png_claiming, run_bad, symlink_loop
 from mcfast.cli import main
-from synthesis_helpers import make_tiny_run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -55,14 +54,9 @@ RECIPES = {
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    return make_tiny_run(tmp_path_factory.mktemp("tiny") / "run", image_size=32)
-
-
-@pytest.fixture(scope="module")
-def template(tmp_path_factory, run_dir):
+def template(tmp_path_factory, tiny_run_32):
     tmp_path = tmp_path_factory.mktemp("template")
-    os.symlink(run_dir, tmp_path / "run")
+    os.symlink(tiny_run_32, tmp_path / "run")
     (tmp_path / "r.toml").write_text(GOOD)
     for name, text in RECIPES.items():
         if text is None:
@@ -83,7 +77,7 @@ def template(tmp_path_factory, run_dir):
     np.save(tmp_path / "inf.npy", np.full((32, 32), 1e300))  # float64 beyond float32: Inf, no overflow warning
     np.save(tmp_path / "stack.npy", np.zeros((3, 32, 32), np.float32))
     # a finished run that a failed command must not touch
-    assert main(["synthesize", "--ckpt", str(run_dir), "--recipe", str(tmp_path / "r.toml"), "--n", "1",
+    assert main(["synthesize", "--ckpt", str(tiny_run_32), "--recipe", str(tmp_path / "r.toml"), "--n", "1",
                  "--out", str(tmp_path / "prev"), "--no-progress"]) == 0
     return tmp_path
 

@@ -143,22 +143,37 @@ def _fill(cls, values: dict, where: str):
     return obj
 
 
-def load_config(path: str | Path) -> EvalConfig:
-    """Read an evaluation TOML (sections ``study``, ``data``, ``train``, ``realism``, ``memorization``,
-    ``synthesis``)."""
+def read_toml(path: str | Path, what: str = "config file") -> dict:
+    """The TOML file at ``path`` as a dict; a missing or unparsable file is one line naming it."""
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"{path}: config file not found")
+        raise InputError(f"{path}: {what} not found")
     try:
-        raw = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise InputError(f"{path}: invalid TOML ({exc})") from None
-    sections = {f.name: f.type for f in fields(EvalConfig)}
+        return tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: invalid TOML ({' '.join(str(exc).split())})") from None
+
+
+def config_from_toml(cls, path: str | Path):
+    """A config dataclass ``cls`` whose fields are section dataclasses, filled from the TOML at ``path``:
+    unknown sections or keys, a section that is not a table and a value of the wrong kind are one line."""
+    raw = read_toml(path)
+    sections = [f.name for f in fields(cls)]
     unknown = sorted(set(raw) - set(sections))
     if unknown:
         raise InputError(f"{path}: unknown section(s) {', '.join(unknown)}; known: {', '.join(sections)}")
-    cfg = EvalConfig(**{name: _fill(type(getattr(EvalConfig(), name)), raw.get(name, {}), f"{path}[{name}]")
-                        for name in sections})
+    for name in sections:
+        if not isinstance(raw.get(name, {}), dict):
+            raise InputError(f"{path}: [{name}] must be a table")
+    defaults = cls()
+    return cls(**{name: _fill(type(getattr(defaults, name)), raw.get(name, {}), f"{path}[{name}]")
+                  for name in sections})
+
+
+def load_config(path: str | Path) -> EvalConfig:
+    """Read an evaluation TOML (sections ``study``, ``data``, ``train``, ``realism``, ``memorization``,
+    ``synthesis``)."""
+    cfg = config_from_toml(EvalConfig, path)
     validate_config(cfg, str(path))
     return cfg
 

@@ -17,8 +17,7 @@ import io
 import json
 import math
 import time
-import tomllib
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -27,7 +26,7 @@ import torch
 from scipy import ndimage
 
 from mcfast.errors import InputError
-from mcfast.evaluate.config import _fill
+from mcfast.evaluate.config import config_from_toml
 from mcfast.evaluate.segmentation_data import SegCrops
 from mcfast.evaluate.splits import SPLIT_NAMES, group_split
 
@@ -120,21 +119,7 @@ class SegConfig:
 
 def load_segmentation_config(path: str | Path) -> SegConfig:
     """Read a segmentation-study TOML (sections study, data, synthesis, train, metrics) and check it."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: config file not found")
-    try:
-        raw = tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: invalid TOML ({' '.join(str(exc).split())})") from None
-    sections = [f.name for f in fields(SegConfig)]
-    unknown = sorted(set(raw) - set(sections))
-    if unknown:
-        raise InputError(f"{path}: unknown section(s) {', '.join(unknown)}; known: {', '.join(sections)}")
-    for name in sections:
-        if not isinstance(raw.get(name, {}), dict):
-            raise InputError(f"{path}: [{name}] must be a table")
-    cfg = SegConfig(**{n: _fill(type(getattr(SegConfig(), n)), raw.get(n, {}), f"{path}[{n}]") for n in sections})
+    cfg = config_from_toml(SegConfig, path)
     validate_segmentation_config(cfg, str(path))
     return cfg
 

@@ -87,15 +87,9 @@ def group_name(group) -> str:
 def read_test_groups(path: str | Path) -> list[str]:
     """The held-out groups of a prepare config's ``[split] validation_patients`` (configs/mg_mias_data.toml):
     the women held out from training the shipped MIAS model are the classifier study's test women."""
-    import tomllib
+    from mcfast.evaluate.config import read_toml
 
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: test_groups_from file not found")
-    try:
-        raw = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise InputError(f"{path}: invalid TOML ({exc})") from None
+    raw = read_toml(path, "test_groups_from file")
     groups = raw.get("split", {}).get("validation_patients")
     if not isinstance(groups, list) or not groups or not all(isinstance(g, str) for g in groups):
         raise InputError(f"{path}: needs [split] validation_patients = [\"woman002\", ...]")

@@ -121,6 +121,14 @@ def _write_rgb(path: Path, rgb: np.ndarray) -> None:
         Image.fromarray(rgb, mode="RGB").save(tmp, format="PNG")
 
 
+def label_map(plan: ItemPlan, shape: tuple[int, int]) -> np.ndarray:
+    """The item's lesions as one uint8 map: 0 background, lesion k (in plan order, from 1) = k."""
+    labels = np.zeros(shape, dtype=np.uint8)
+    for k, lesion in enumerate(plan.lesions, start=1):
+        labels[lesion.mask > 0] = k
+    return labels
+
+
 def item_meta(plan: ItemPlan, shape: tuple[int, int], modality: str, output, extra_meta: dict) -> dict:
     """An item's metadata, as ``meta.json`` holds it (less ``files``): also an in-memory item's (mcfast.api)."""
     return {
@@ -148,9 +156,7 @@ def write_item(out: Path, plan: ItemPlan, image_model: np.ndarray, modality: str
     d.mkdir(parents=True, exist_ok=True)
     image_model = np.clip(np.asarray(image_model, dtype=np.float32), -1.0, 1.0)
     native = from_model(modality, image_model)  # HU for CT, [0, 1] for MG: converted once, used by every writer
-    labels = np.zeros(image_model.shape, dtype=np.uint8)
-    for k, lesion in enumerate(plan.lesions, start=1):
-        labels[lesion.mask > 0] = k
+    labels = label_map(plan, image_model.shape)
     files: list[str] = []
     if output.npy:
         writers.write_npy(d / "image.npy", image_model, space="model")

@@ -72,6 +72,14 @@ def _check_provenance(out: Path, provenance: dict) -> None:
             raise InputError(f"{out}: holds a run with a different {key}; use another --out to keep both")
 
 
+def _publish_provenance(out: Path, provenance: dict, rank: int) -> None:
+    """Rank 0 writes ``provenance.json`` once, the first time a batch is sampled (or at the end of a
+    run with nothing to sample): a recipe whose first item cannot be planned leaves none behind that
+    would refuse the corrected recipe."""
+    if rank == 0 and not (out / PROVENANCE).is_file():
+        write_text(out / PROVENANCE, json.dumps(provenance, indent=2))
+
+
 @dataclass
 class SampledItem:
     """One sampled item in memory: its plan, its image in model space (H, W) float32 as the sampler left
@@ -196,17 +204,13 @@ def synthesize(ckpt: str | Path | RunSampler, recipe: Recipe, n: int, out: str |
     todo = [i for i in mine if not outputs.is_done(out, i)]
     bar = tqdm(total=len(todo), desc=f"synthesize {recipe.modality}", unit="img", disable=not progress)
     for items in engine.batches(recipe, todo, batch_size=batch_size, diffusion=diffusion):
-        # provenance.json once the first batch is planned and sampled: a recipe whose first item cannot be
-        # planned (no room for a lesion, say) leaves no provenance that would refuse the corrected recipe.
-        if rank == 0 and not (out / PROVENANCE).is_file():
-            write_text(out / PROVENANCE, json.dumps(provenance, indent=2))
+        _publish_provenance(out, provenance, rank)
         for item in items:
             outputs.write_item(out, item.plan, item.image, recipe.modality, recipe.output,
                                {"rank": rank, "batch": item.batch, **item.sampling})
         bar.update(len(items))
     bar.close()
-    if rank == 0 and not (out / PROVENANCE).is_file():  # nothing left to do, e.g. rank 0 had no items
-        write_text(out / PROVENANCE, json.dumps(provenance, indent=2))
+    _publish_provenance(out, provenance, rank)  # nothing was left to sample, e.g. rank 0 had no items
     coco = None
     if world > 1:
         torch.distributed.barrier()
