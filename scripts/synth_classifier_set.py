@@ -2,6 +2,7 @@
 
     python scripts/synth_classifier_set.py --config configs/eval_classifier_mias224.toml [--threads 2]
     python scripts/synth_classifier_set.py --config ... --plan-only   # write the filtered references, no sampling
+    torchrun --nproc_per_node 2 scripts/synth_classifier_set.py --config ... --threads 1  # two 1-thread processes
 
 Reads the evaluation config: ``[data]`` gives the split (the fixed test women and the seeded train / val
 split of the others, exactly as ``mcfast evaluate classifier`` makes it), ``[synthesis]`` the model, the
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -146,6 +148,8 @@ def main(argv=None) -> int:
                                     "provenance": json.loads((folder / "provenance.json").read_text())}
         entries += [{"file": f"{name}/{i:06d}/image.npy", "label": label, "group": f"{name}/{i:06d}"}
                     for i in range(n)]
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # under torchrun the other ranks only sample; rank 0 writes the labels and provenance
     missing = [e["file"] for e in entries if not (out / e["file"]).is_file()]
     if missing:
         raise InputError(f"{out}: {len(missing)} items missing after synthesis (e.g. {missing[0]}); run again")

@@ -104,6 +104,29 @@ def test_training_is_reproducible_for_a_seed(tmp_path):
     assert np.array_equal(clf.predict_scores(a, real.images[:4]), clf.predict_scores(b, real.images[:4]))
 
 
+def test_bf16_training_is_reproducible_and_rounds_only_the_forward_pass(tmp_path):
+    import torch
+
+    cfg = tiny_config(tmp_path, None)
+    cfg.train.precision = "bf16"
+    real = edata.load_real(cfg)
+    a, _ = clf.train_binary_classifier(real.images, real.labels, None, None, cfg.train, seed=3)
+    b, _ = clf.train_binary_classifier(real.images, real.labels, None, None, cfg.train, seed=3)
+    sa = clf.predict_scores(a, real.images[:6], precision="bf16")
+    assert np.array_equal(sa, clf.predict_scores(b, real.images[:6], precision="bf16"))
+    assert all(p.dtype == torch.float32 for p in a.parameters())  # weights stay float32
+    fp32 = clf.predict_scores(a, real.images[:6])
+    assert not np.array_equal(sa, fp32)  # the forward pass really ran in bfloat16 ...
+    assert np.abs(sa - fp32).max() < 0.05  # ... and only rounded it
+
+
+def test_unknown_classifier_precision_is_one_line(tmp_path):
+    bad = tmp_path / "cfg.toml"
+    bad.write_text('[train]\nprecision = "fp16"\n')
+    with pytest.raises(InputError, match="train.precision must be one of fp32, bf16, got 'fp16'"):
+        ecfg.load_config(bad)
+
+
 def test_woman_level_split_keeps_both_breasts_together():
     names = [f"mdb{i:03d}" for i in range(1, 201)]
     rng = np.random.default_rng(0)

@@ -259,6 +259,32 @@ def test_resumable_study_saves_every_run_and_skips_finished(tmp_path, monkeypatc
         clf.run_classifier_study(cfg, real2, syn, run_dir=out)
 
 
+def test_real_only_runs_saved_before_the_pool_exists_are_reused_with_it(tmp_path, monkeypatch):
+    """The real-only row can run while the synthetic pool is still being made; a pool run must not
+    reuse a run saved with another pool."""
+    cfg, real, syn = _tiny(tmp_path)
+    out = tmp_path / "study"
+    first = clf.run_classifier_study(cfg, real, None, run_dir=out)
+    assert [r["increment"] for r in first["rows"]] == [0.0]
+    trained = []
+    real_train = clf.train_binary_classifier
+
+    def counting(x, y, *a, **k):
+        trained.append(len(y))
+        return real_train(x, y, *a, **k)
+    monkeypatch.setattr(clf, "train_binary_classifier", counting)
+    res = clf.run_classifier_study(cfg, real, syn, run_dir=out)
+    n_real = len(clf.split_parts(cfg, real)["train"])
+    assert trained and all(n > n_real for n in trained)  # only the synthetic rows were trained
+    assert res["rows"][0]["auc_mean"] == first["rows"][0]["auc_mean"]
+    saved = clf.results_from_saved(cfg, out)
+    assert [r["auc_mean"] for r in saved["rows"]] == [r["auc_mean"] for r in res["rows"]]
+    # another pool: the real-only runs still count, a synthetic run saved with the old pool is refused
+    syn2 = edata.LabeledImages(syn.images[:, ::-1].copy(), syn.labels, syn.groups, syn.names)
+    with pytest.raises(InputError, match="other data"):
+        clf.run_classifier_study(cfg, real, syn2, run_dir=out)
+
+
 def test_cli_runs_resumes_and_reports_from_saved(tmp_path, capsys):
     from mcfast.cli import main
     from tests.test_eval_classifier import make_labelled_folder
@@ -273,6 +299,8 @@ increments = [0.0, 0.5]
 n_bootstrap = 20
 n_paired_bootstrap = 20
 output_dir = "{out}"
+report_dir = "{tmp_path / 'docs'}"
+report_name = "study_x"
 [data]
 dataset = "folder"
 root = "{real}"
@@ -294,3 +322,11 @@ batch_size = 8
     assert [r["auc_mean"] for r in again["rows"]] == [r["auc_mean"] for r in first["rows"]]
     assert (out / "table.md").is_file() and (out / "auc_vs_synthetic.png").is_file()
     assert again["splits"]["test"]["group_names"] == ["img000", "img001", "img002", "img003"]
+    # the report copy: the same results under report_dir / report_name
+    copy = json.loads((tmp_path / "docs" / "study_x.json").read_text())
+    assert [r["auc_mean"] for r in copy["rows"]] == [r["auc_mean"] for r in again["rows"]]
+    assert (tmp_path / "docs" / "study_x.md").read_text() == (out / "table.md").read_text()
+    assert (tmp_path / "docs" / "study_x.png").stat().st_size > 1000
+    cfg.write_text(cfg.read_text().replace('report_name = "study_x"', 'report_name = "a/b"'))
+    with pytest.raises(InputError, match="study.report_name must be a file stem"):
+        ecfg.load_config(cfg)

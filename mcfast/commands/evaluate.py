@@ -138,9 +138,11 @@ def run_classifier(args: argparse.Namespace) -> int:
             + ("" if synthetic is None else f" ({int(synthetic.labels.sum())} abnormal)"))
         results = run_classifier_study(cfg, real, synthetic, say, run_dir=out, progress_bar=not args.no_progress)
     results["argv"] = list(sys.argv)  # the exact command line, for the results' record
-    paths = write_results(results, out)
+    paths = list(write_results(results, out).values())
+    if cfg.study.report_dir:
+        paths += write_results(results, cfg.study.report_dir, cfg.study.report_name).values()
     print(results_table_markdown(results))
-    print(f"wrote {', '.join(str(p) for p in paths.values())}")
+    print(f"wrote {', '.join(str(p) for p in paths)}")
     return 0
 
 

@@ -46,14 +46,26 @@ def _augment(x: torch.Tensor, g: torch.Generator, flips: bool = True) -> torch.T
     return out
 
 
+def _autocast(precision: str):
+    """bfloat16 autocast for the forward pass (``precision == "bf16"``); weights, gradients, the loss and
+    the optimiser stay float32, so only the convolutions' and matmuls' inputs are rounded."""
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def _logits(model: torch.nn.Module, x: torch.Tensor, precision: str) -> torch.Tensor:
+    with _autocast(precision):
+        return model(x)[:, 0].float()
+
+
 @torch.no_grad()
-def predict_scores(model: torch.nn.Module, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+def predict_scores(model: torch.nn.Module, images: np.ndarray, batch_size: int = 64,
+                   precision: str = "fp32") -> np.ndarray:
     """Sigmoid probabilities of the positive class for (N, H, W) model-space images."""
     model.eval()
     out = []
     for i in range(0, len(images), batch_size):
         x = torch.from_numpy(images[i:i + batch_size]).float()[:, None]
-        out.append(torch.sigmoid(model(x)[:, 0]).numpy())
+        out.append(torch.sigmoid(_logits(model, x, precision)).numpy())
     return np.concatenate(out).astype(np.float64) if out else np.zeros(0)
 
 
@@ -85,7 +97,8 @@ def train_binary_classifier(x_train: np.ndarray, y_train: np.ndarray, x_val: np.
         for i in range(0, len(order), settings.batch_size):
             idx = order[i:i + settings.batch_size]
             x = _augment(x_all[idx], g, settings.flip) if settings.augment else x_all[idx]
-            loss = F.binary_cross_entropy_with_logits(model(x)[:, 0], y_all[idx], pos_weight=pos_weight)
+            loss = F.binary_cross_entropy_with_logits(_logits(model, x, settings.precision), y_all[idx],
+                                                      pos_weight=pos_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -93,7 +106,7 @@ def train_binary_classifier(x_train: np.ndarray, y_train: np.ndarray, x_val: np.
             total += loss.item() * len(idx)
         history["train_loss"].append(total / len(y_all))
         if x_val is not None and len(x_val):
-            auc = roc_auc(y_val, predict_scores(model, x_val))
+            auc = roc_auc(y_val, predict_scores(model, x_val, precision=settings.precision))
             history["val_auc"].append(auc)
             if np.isfinite(auc) and auc > best_auc:
                 best_auc, best_state = auc, copy.deepcopy(model.state_dict())

@@ -31,7 +31,7 @@ from mcfast.evaluate.splits import SPLIT_NAMES, group_name, study_split
 # The study's names and the ones it re-exports: the import path of realism, segmentation, the scripts and the CLI.
 __all__ = ["create_classifier", "predict_scores", "train_binary_classifier", "results_table_markdown",
            "write_results", "cpu_name", "machine_info",
-           "choose_synthetic", "study_fingerprint", "run_file", "split_parts", "run_classifier_study", "study_meta",
+           "choose_synthetic", "study_fingerprint", "run_fingerprint", "run_file", "split_parts", "run_classifier_study", "study_meta",
            "assemble_results", "paired_vs_baseline", "results_from_saved"]
 
 
@@ -82,6 +82,14 @@ def study_fingerprint(cfg: EvalConfig, parts: dict[str, LabeledImages], syntheti
     if synthetic is not None:
         items += ["synthetic", synthetic.names, synthetic.labels, synthetic.images]
     return _digest(*items)
+
+
+def run_fingerprint(meta: dict, n_synthetic: int) -> str:
+    """The fingerprint a saved (increment, seed) result must carry: the real-only one for a run without
+    synthetic images (studies saved before it existed have only ``fingerprint``)."""
+    if n_synthetic == 0:
+        return meta.get("real_only_fingerprint", meta["fingerprint"])
+    return meta["fingerprint"]
 
 
 def run_file(run_dir: str | Path, inc: float, seed: int) -> Path:
@@ -139,6 +147,8 @@ def run_classifier_study(cfg: EvalConfig, real: LabeledImages, synthetic: Labele
     fingerprint = study_fingerprint(cfg, parts, synthetic, share)
     store = Path(run_dir) / "runs" if run_dir is not None and cfg.study.resume else None
     meta = study_meta(cfg, parts, synthetic, share, fingerprint)
+    # A real-only run does not see the synthetic pool, so it stays valid when the pool is made or remade.
+    meta["real_only_fingerprint"] = study_fingerprint(cfg, parts, None, None)
     if store is not None:
         write_text(store / "study.json", json.dumps(meta, indent=1))
     increments = sorted(float(x) for x in cfg.study.increments)
@@ -153,13 +163,14 @@ def run_classifier_study(cfg: EvalConfig, real: LabeledImages, synthetic: Labele
     bar = _bar(len(tasks), progress_bar)
     for inc, n_syn_wanted, seed in tasks:
         path = run_file(store, inc, seed) if store is not None else None
-        rec = _load_run(path, fingerprint) if path is not None else None
+        run_fp = run_fingerprint(meta, n_syn_wanted)
+        rec = _load_run(path, run_fp) if path is not None else None
         if rec is not None:
             say(f"increment +{inc:.0%}, seed {seed}: saved in {path}, skipped")
         else:
             say(f"increment +{inc:.0%} ({n_syn_wanted} synthetic), seed {seed}")
             rec = _one_run(cfg, tr, va, te, synthetic, inc, n_syn_wanted, seed, share, say)
-            rec["fingerprint"] = fingerprint
+            rec["fingerprint"] = run_fp
             if path is not None:
                 write_text(path, json.dumps(rec))
         records.append(rec)
@@ -193,9 +204,9 @@ def _one_run(cfg, tr, va, te, synthetic, inc, n_syn_wanted, seed, share, say) ->
         pick = np.zeros(0, dtype=np.int64)
         x_train, y_train = tr.images, tr.labels
     model, hist = train_binary_classifier(x_train, y_train, va.images, va.labels, cfg.train, seed, say)
-    val_scores = predict_scores(model, va.images)
+    val_scores = predict_scores(model, va.images, precision=cfg.train.precision)
     threshold = best_f1_threshold(va.labels, val_scores)
-    scores = predict_scores(model, te.images)
+    scores = predict_scores(model, te.images, precision=cfg.train.precision)
     return {
         "increment": inc, "seed": seed, "n_real_train": len(tr), "n_synthetic_wanted": n_syn_wanted,
         "n_synthetic": int(pick.size),
@@ -284,7 +295,8 @@ def results_from_saved(cfg: EvalConfig, run_dir: str | Path) -> dict:
     records, missing = [], []
     for inc in sorted(float(x) for x in cfg.study.increments):
         for seed in cfg.study.seeds:
-            rec = _load_run(run_file(store, inc, seed), meta["fingerprint"])
+            n_syn = int(round(inc * meta["splits"]["train"]["n"]))
+            rec = _load_run(run_file(store, inc, seed), run_fingerprint(meta, n_syn))
             if rec is None:
                 missing.append((inc, seed))
             else:

@@ -58,17 +58,21 @@ def results_table_markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_results(results: dict, out_dir: str | Path) -> dict[str, Path]:
-    """results.json, table.md, auc_vs_synthetic.png and the synthetic provenance copy."""
+def write_results(results: dict, out_dir: str | Path, stem: str | None = None) -> dict[str, Path]:
+    """results.json, table.md, auc_vs_synthetic.png and the synthetic provenance copy; with ``stem`` (the
+    report copy, ``study.report_name`` in ``study.report_dir``) STEM.json, STEM.md, STEM.png and
+    STEM_provenance.json."""
     from mcfast.atomic import write_text
     from mcfast.evaluate.plots import plot_auc_vs_share
 
     out = Path(out_dir)
-    paths = {"json": out / "results.json", "table": out / "table.md", "plot": out / "auc_vs_synthetic.png"}
+    names = (("results.json", "table.md", "auc_vs_synthetic.png", "synthetic_provenance.json") if stem is None
+             else (f"{stem}.json", f"{stem}.md", f"{stem}.png", f"{stem}_provenance.json"))
+    paths = {"json": out / names[0], "table": out / names[1], "plot": out / names[2]}
     write_text(paths["json"], json.dumps(results, indent=1))
     write_text(paths["table"], f"# {results['name']}\n\n" + results_table_markdown(results))
     plot_auc_vs_share(results, paths["plot"])
     if results.get("provenance"):
-        paths["provenance"] = out / "synthetic_provenance.json"
+        paths["provenance"] = out / names[3]
         write_text(paths["provenance"], json.dumps(results["provenance"]["content"], indent=1))
     return paths

@@ -37,6 +37,9 @@ class DataConfig:
     test_groups: list = field(default_factory=list)
 
 
+CLASSIFIER_PRECISIONS = ("fp32", "bf16")
+
+
 @dataclass
 class TrainConfig:
     model: str = "convnext_atto"
@@ -46,6 +49,9 @@ class TrainConfig:
     weight_decay: float = 0.05
     augment: bool = True
     flip: bool = True                  # horizontal flips in the augmentation (off for chest-wall-left framing)
+    # "bf16": forward passes under CPU/CUDA bfloat16 autocast, weights and optimiser in float32; about
+    # 1.5x faster for convnext_atto at 224² on an AVX-512-BF16 CPU. "fp32" keeps earlier studies' numerics.
+    precision: str = "fp32"
 
 
 @dataclass
@@ -64,6 +70,10 @@ class StudyConfig:
     n_paired_bootstrap: int = 2000
     # Save every (increment, seed) result in output_dir/runs/ as it finishes and skip saved ones.
     resume: bool = True
+    # Also write the table, JSON and plot as report_dir/report_name.{md,json,png} (e.g. docs/results);
+    # "" = only into the output folder.
+    report_dir: str = ""
+    report_name: str = "classifier_study"
 
 
 @dataclass
@@ -194,6 +204,9 @@ def validate_config(cfg: EvalConfig, where: str = "config") -> None:
         raise InputError(f"{where}: study.increments must be non-negative numbers, got {s.increments!r}")
     if t.epochs < 1 or t.batch_size < 1 or t.lr <= 0:
         raise InputError(f"{where}: train.epochs, train.batch_size and train.lr must be positive")
+    if t.precision not in CLASSIFIER_PRECISIONS:
+        raise InputError(f"{where}: train.precision must be one of {', '.join(CLASSIFIER_PRECISIONS)}, "
+                         f"got {t.precision!r}")
     if d.abnormal not in ("any", "mass"):
         raise InputError(f"{where}: data.abnormal must be 'any' or 'mass', got {d.abnormal!r}")
     if d.test_groups_from and d.test_groups:
@@ -204,6 +217,8 @@ def validate_config(cfg: EvalConfig, where: str = "config") -> None:
         raise InputError(f"{where}: with a fixed test split, split_fractions[0:2] give the train : val ratio")
     if not (s.synthetic_abnormal_share == -1 or 0 <= s.synthetic_abnormal_share <= 1):
         raise InputError(f"{where}: study.synthetic_abnormal_share must be in [0, 1] or -1 (the real share)")
+    if not s.report_name or any(c in s.report_name for c in "/\\"):
+        raise InputError(f"{where}: study.report_name must be a file stem without folders, got {s.report_name!r}")
     if s.n_paired_bootstrap < 1:
         raise InputError(f"{where}: study.n_paired_bootstrap must be >= 1")
     y = cfg.synthesis
