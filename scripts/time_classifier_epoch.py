@@ -22,9 +22,11 @@ REPO = Path(__file__).resolve().parent.parent
 
 def estimate_seconds(cfg, n_real: int, n_val: int, n_test: int, s_train_img: float, s_score_img: float) -> dict:
     """Seconds of every row and of the whole study, from per-image training and scoring times."""
+    from mcfast.evaluate.classifier import synthetic_count
+
     rows = {}
     for inc in sorted(float(x) for x in cfg.study.increments):
-        n_train = n_real + int(round(inc * n_real))
+        n_train = n_real + synthetic_count(inc, n_real)
         per_run = cfg.train.epochs * (n_train * s_train_img + n_val * s_score_img) + (n_val + n_test) * s_score_img
         rows[f"+{inc:.0%}"] = round(per_run * len(cfg.study.seeds), 1)
     return {"rows_s": rows, "total_s": round(sum(rows.values()), 1)}

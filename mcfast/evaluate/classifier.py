@@ -31,7 +31,8 @@ from mcfast.evaluate.splits import SPLIT_NAMES, group_name, study_split
 # The study's names and the ones it re-exports: the import path of realism, segmentation, the scripts and the CLI.
 __all__ = ["create_classifier", "predict_scores", "train_binary_classifier", "results_table_markdown",
            "write_results", "cpu_name", "machine_info",
-           "choose_synthetic", "study_fingerprint", "run_fingerprint", "run_file", "split_parts", "run_classifier_study", "study_meta",
+           "choose_synthetic", "study_fingerprints", "synthetic_count", "run_fingerprint", "run_file",
+           "split_parts", "run_classifier_study", "study_meta",
            "assemble_results", "paired_vs_baseline", "results_from_saved"]
 
 
@@ -70,18 +71,27 @@ def _digest(*arrays) -> str:
     return h.hexdigest()
 
 
-def study_fingerprint(cfg: EvalConfig, parts: dict[str, LabeledImages], synthetic: LabeledImages | None,
-                      abnormal_share: float | None) -> str:
-    """What one saved (increment, seed) result depends on: the training settings, the split's images
-    and labels, the synthetic pool and its class rule. Not: seeds / increments lists, bootstrap sizes,
-    names, threads (a run saved under another list of seeds is still valid)."""
-    items = [json.dumps(cfg.to_dict()["train"], sort_keys=True), abnormal_share]
+def study_fingerprints(cfg: EvalConfig, parts: dict[str, LabeledImages], synthetic: LabeledImages | None,
+                       abnormal_share: float | None) -> tuple[str, str]:
+    """What one saved (increment, seed) result depends on, as (real-only, with synthetic images): the
+    training settings and the split's images and labels; for the rows that add synthetic images also the
+    pool and its class rule. A real-only run does not see the pool, so it stays valid when the pool is
+    made or remade. Not: seeds / increments lists, bootstrap sizes, names, threads (a run saved under
+    another list of seeds is still valid)."""
+    items = [json.dumps(cfg.to_dict()["train"], sort_keys=True)]
     for name in SPLIT_NAMES:
         p = parts[name]
         items += [name, p.names, p.labels, p.images]
-    if synthetic is not None:
-        items += ["synthetic", synthetic.names, synthetic.labels, synthetic.images]
-    return _digest(*items)
+    real_only = _digest(*items)
+    if synthetic is None:
+        return real_only, real_only
+    return real_only, _digest(real_only, abnormal_share, "synthetic", synthetic.names, synthetic.labels,
+                              synthetic.images)
+
+
+def synthetic_count(increment: float, n_real: int) -> int:
+    """Synthetic images a row asks for: ``increment`` times the real training count, rounded."""
+    return int(round(increment * n_real))
 
 
 def run_fingerprint(meta: dict, n_synthetic: int) -> str:
@@ -144,17 +154,14 @@ def run_classifier_study(cfg: EvalConfig, real: LabeledImages, synthetic: Labele
     share = None
     if synthetic is not None:
         share = float(tr.labels.mean()) if cfg.study.synthetic_abnormal_share < 0 else cfg.study.synthetic_abnormal_share
-    fingerprint = study_fingerprint(cfg, parts, synthetic, share)
     store = Path(run_dir) / "runs" if run_dir is not None and cfg.study.resume else None
-    meta = study_meta(cfg, parts, synthetic, share, fingerprint)
-    # A real-only run does not see the synthetic pool, so it stays valid when the pool is made or remade.
-    meta["real_only_fingerprint"] = study_fingerprint(cfg, parts, None, None)
+    meta = study_meta(cfg, parts, synthetic, share, study_fingerprints(cfg, parts, synthetic, share))
     if store is not None:
         write_text(store / "study.json", json.dumps(meta, indent=1))
     increments = sorted(float(x) for x in cfg.study.increments)
     tasks, skipped = [], []
     for inc in increments:
-        n_syn_wanted = int(round(inc * len(tr)))
+        n_syn_wanted = synthetic_count(inc, len(tr))
         if n_syn_wanted > 0 and synthetic is None:
             skipped.append({"increment": inc, "reason": "no synthetic_dir given"})
             continue
@@ -222,10 +229,11 @@ def _one_run(cfg, tr, va, te, synthetic, inc, n_syn_wanted, seed, share, say) ->
 
 
 def study_meta(cfg: EvalConfig, parts: dict[str, LabeledImages], synthetic: LabeledImages | None,
-               share: float | None, fingerprint: str) -> dict:
-    """The split (names, labels, groups per split), the synthetic pool's balance and the config."""
+               share: float | None, fingerprints: tuple[str, str]) -> dict:
+    """The split (names, labels, groups per split), the synthetic pool's balance, the config and the
+    (real-only, with synthetic) fingerprints of :func:`study_fingerprints`."""
     return {
-        "fingerprint": fingerprint, "config": cfg.to_dict(),
+        "fingerprint": fingerprints[1], "real_only_fingerprint": fingerprints[0], "config": cfg.to_dict(),
         "splits": {k: {"n": len(p), "abnormal": int(p.labels.sum()), "groups": len(set(p.groups.tolist())),
                        "group_names": sorted({group_name(g) for g in p.groups.tolist()}),
                        "names": list(p.names), "labels": p.labels.tolist()} for k, p in parts.items()},
@@ -295,7 +303,7 @@ def results_from_saved(cfg: EvalConfig, run_dir: str | Path) -> dict:
     records, missing = [], []
     for inc in sorted(float(x) for x in cfg.study.increments):
         for seed in cfg.study.seeds:
-            n_syn = int(round(inc * meta["splits"]["train"]["n"]))
+            n_syn = synthetic_count(inc, meta["splits"]["train"]["n"])
             rec = _load_run(run_file(store, inc, seed), run_fingerprint(meta, n_syn))
             if rec is None:
                 missing.append((inc, seed))

@@ -66,13 +66,15 @@ def write_results(results: dict, out_dir: str | Path, stem: str | None = None) -
     from mcfast.evaluate.plots import plot_auc_vs_share
 
     out = Path(out_dir)
-    names = (("results.json", "table.md", "auc_vs_synthetic.png", "synthetic_provenance.json") if stem is None
-             else (f"{stem}.json", f"{stem}.md", f"{stem}.png", f"{stem}_provenance.json"))
-    paths = {"json": out / names[0], "table": out / names[1], "plot": out / names[2]}
+    names = ({"json": "results.json", "table": "table.md", "plot": "auc_vs_synthetic.png",
+              "provenance": "synthetic_provenance.json"} if stem is None else
+             {"json": f"{stem}.json", "table": f"{stem}.md", "plot": f"{stem}.png",
+              "provenance": f"{stem}_provenance.json"})
+    paths = {key: out / names[key] for key in ("json", "table", "plot")}
     write_text(paths["json"], json.dumps(results, indent=1))
     write_text(paths["table"], f"# {results['name']}\n\n" + results_table_markdown(results))
     plot_auc_vs_share(results, paths["plot"])
     if results.get("provenance"):
-        paths["provenance"] = out / names[3]
+        paths["provenance"] = out / names["provenance"]
         write_text(paths["provenance"], json.dumps(results["provenance"]["content"], indent=1))
     return paths

@@ -49,7 +49,7 @@ class TrainConfig:
     weight_decay: float = 0.05
     augment: bool = True
     flip: bool = True                  # horizontal flips in the augmentation (off for chest-wall-left framing)
-    # "bf16": forward passes under CPU/CUDA bfloat16 autocast, weights and optimiser in float32; about
+    # "bf16": forward passes under CPU bfloat16 autocast, weights and optimiser in float32; about
     # 1.5x faster for convnext_atto at 224² on an AVX-512-BF16 CPU. "fp32" keeps earlier studies' numerics.
     precision: str = "fp32"
 
