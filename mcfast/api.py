@@ -93,8 +93,8 @@ def _pathology_list(lesions: Any, base: list[PathologySpec], where: str) -> list
 def build_recipe(recipe: Recipe | str | Path, *, anatomy: Any = None, lesions: Any = None, seed: int | None = None,
                  image_size: int | None = None, steps: int | str | None = None, sampler: str | None = None,
                  eta: float | None = None, start_step: int | None = None, x0_guidance: bool | None = None,
-                 eps_scale: float | None = None, backend: str | None = None, batch_size: int | None = None,
-                 fast: bool = False, formats: Sequence[str] | None = None, check_sources: bool = True) -> Recipe:
+                 eps_scale: float | None = None, deterministic_below: int | None = None, backend: str | None = None,
+                 batch_size: int | None = None, fast: bool = False, formats: Sequence[str] | None = None, check_sources: bool = True) -> Recipe:
     """A validated copy of ``recipe`` (a Recipe or a TOML path) with the given settings replaced.
 
     ``anatomy``: "phantom", a path (DICOM file or series folder, image, image folder, prepared folder) or
@@ -110,7 +110,7 @@ def build_recipe(recipe: Recipe | str | Path, *, anatomy: Any = None, lesions: A
         sections["recipe"] = top
     sampler_keys = {"steps": None if steps is None else str(steps), "method": sampler, "eta": eta,
                     "start_step": start_step, "x0_guidance": x0_guidance, "eps_scale": eps_scale,
-                    "backend": backend, "batch_size": batch_size}
+                    "deterministic_below": deterministic_below, "backend": backend, "batch_size": batch_size}
     sampler_keys = {key: value for key, value in sampler_keys.items() if value is not None}
     if sampler_keys:
         sections["sampler"] = sampler_keys

@@ -108,6 +108,8 @@ CASES = [
     (SYN + R + ["--out", "o", "--steps", "0"], "'0'"),
     (SYN + R + ["--out", "o", "--eta", "-1"], "sampler.eta = -1.0"),
     (SYN + R + ["--out", "o", "--eps-scale", "0"], "eps_scale"),
+    (SYN + R + ["--out", "o", "--deterministic-below", "1001"], "sampler.deterministic_below = 1001"),
+    (SYN + R + ["--out", "o", "--deterministic-below", "-5"], "sampler.deterministic_below = -5"),
     # devices
     (SYN + R + ["--out", "o", "--device", "cuda:99"], "--device cuda:99"),
     (SYN + R + ["--out", "o", "--device", "gpu"], "--device 'gpu': not a device name"),

@@ -146,6 +146,10 @@ def test_recipe_sampler_options_are_checked():
         recipe_from_dict({**base, "sampler": {"method": "ddim", "eta": -0.5}})
     with pytest.raises(InputError, match="backend 'fused'"):
         recipe_from_dict({**base, "sampler": {"method": "dpmpp2m", "backend": "fused"}})
+    assert recipe_from_dict({**base, "sampler": {"deterministic_below": 100}}).sampler.deterministic_below == 100
+    for bad in (1001, -1, 2.5, True):
+        with pytest.raises(InputError, match="sampler.deterministic_below"):
+            recipe_from_dict({**base, "sampler": {"deterministic_below": bad}})
 
 
 def test_cli_sampler_choices_are_the_samplers_methods():

@@ -80,6 +80,50 @@ def test_intermediates_and_model_called_with_original_timesteps():
     assert len(inter) == 6 and torch.equal(inter[-1], x)
 
 
+def test_deterministic_below_all_steps_is_ddim_eta0():
+    d = create_diffusion(1000, "cosine", respacing="10")
+    noise = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(3))
+    run = lambda **kw: sample(noisy_model, d, noise.shape, noise=noise, progress=False,
+                              generator=torch.Generator().manual_seed(4), **kw)
+    assert torch.equal(run(method="ddpm", deterministic_below=1000), run(method="ddim", eta=0.0))
+    assert torch.equal(run(method="ddim", eta=0.7, deterministic_below=1000), run(method="ddim", eta=0.0))
+    assert not torch.equal(run(method="ddpm"), run(method="ddim", eta=0.0))
+
+
+def test_deterministic_below_keeps_the_stochastic_steps_above_it():
+    """Above the threshold the chain is the plain ancestral one (same noise draws); from the first step
+    below it on, each step is the DDIM η = 0 step of the x it was given, and the output ignores the
+    generator once the stochastic part is fixed."""
+    from mcfast.diffusion.samplers import ddim_step
+
+    d = create_diffusion(1000, "cosine", respacing="10")   # timesteps 0, 100, ..., 900
+    noise = torch.randn(1, 1, 8, 8, generator=torch.Generator().manual_seed(5))
+    run = lambda **kw: sample(noisy_model, d, noise.shape, noise=noise, progress=False,
+                              generator=torch.Generator().manual_seed(6), return_intermediates=True, **kw)
+    _, plain = run(method="ddpm")
+    out, mixed = run(method="ddpm", deterministic_below=250)   # steps at t = 200, 100, 0 are deterministic
+    for k in range(8):                                           # x_T and the steps at t = 900 ... 300
+        assert torch.equal(mixed[k], plain[k])
+    assert not torch.equal(mixed[8], plain[8])
+    x = mixed[7]
+    for i in (2, 1, 0):
+        t = torch.full((1,), int(d.timestep_map[i]))
+        x, _ = ddim_step(d, noisy_model(x, t).float(), x, i, True, 0.0, None)
+    torch.testing.assert_close(out, x, rtol=0, atol=1e-6)
+    with pytest.raises(InputError, match="deterministic_below"):
+        sample(noisy_model, d, noise.shape, noise=noise, progress=False, deterministic_below=1001)
+
+
+def test_deterministic_below_reaches_the_fused_path_as_ddim():
+    d = create_diffusion(100, "cosine", respacing="4")   # timesteps 0, 33, 66, 99 (approximately)
+    g = RecordingGuidance()
+    zeros = lambda x, t: torch.zeros(x.shape[0], 2, *x.shape[2:])
+    sample(zeros, d, (1, 1, 2, 2), guidance=g, generator=torch.Generator().manual_seed(0), progress=False,
+           deterministic_below=int(d.timestep_map[2]))
+    assert [c for c in g.calls if c[0] == "fused"] == [("fused", 3, "ddpm"), ("fused", 2, "ddpm"),
+                                                      ("fused", 1, "ddim"), ("fused", 0, "ddim")]
+
+
 class RecordingGuidance:
     def __init__(self, fuse_at=()):
         self.calls = []

@@ -38,6 +38,9 @@ def register(subparsers) -> None:
                    help="override the recipe's epsilon scaling: divide the network's noise prediction by "
                         "LAMBDA (> 0; 1 = off; corrects the exposure bias that smooths fine texture, "
                         "see docs/guidance.md)")
+    p.add_argument("--deterministic-below", type=int, default=None, metavar="T",
+                   help="override the recipe's sampler.deterministic_below: steps below timestep T (of 1000) "
+                        "add no fresh noise (DDIM eta 0), so the last steps leave no grain; 0 = off")
     p.add_argument("--fast", action="store_true",
                    help="the fast mode: DDIM (eta 0.5) with x0 and x_t guidance at 10 network calls "
                         "(the pick of docs/results/steps.md, without epsilon scaling); overrides --sampler / --steps / "
@@ -72,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     # The recipe and the files it names are checked before a model is loaded or --out is touched.
     recipe = build_recipe(args.recipe, steps=args.steps, sampler=args.sampler, eta=args.eta,
-                          x0_guidance=args.x0_guidance, eps_scale=args.eps_scale, backend=args.backend,
+                          x0_guidance=args.x0_guidance, eps_scale=args.eps_scale,
+                          deterministic_below=args.deterministic_below, backend=args.backend,
                           seed=args.seed, fast=args.fast)
     if args.dicom:
         recipe = with_settings(recipe, output={"dicom": True, "seg": True})

@@ -156,7 +156,8 @@ def sample(model: Callable[[Tensor, Tensor], Tensor], diffusion: GaussianDiffusi
            method: str = "ddpm", eta: float = 0.0, clip_denoised: bool = True, noise: Tensor | None = None,
            generator: Generators = None, guidance: Any = None, progress: bool = True,
            return_intermediates: bool = False, device: torch.device | str | None = None,
-           start_at: int | None = None, x0_guidance: bool = False) -> Tensor | tuple[Tensor, list[Tensor]]:
+           start_at: int | None = None, x0_guidance: bool = False,
+           deterministic_below: int = 0) -> Tensor | tuple[Tensor, list[Tensor]]:
     """Draw images of ``shape`` (B, C, H, W) from ``model`` by the reverse process of ``diffusion``.
 
     ``method`` "ddpm" (ancestral), "ddim" (with ``eta``) or "dpmpp2m" (DPM-Solver++(2M), for few
@@ -166,11 +167,17 @@ def sample(model: Callable[[Tensor, Tensor], Tensor], diffusion: GaussianDiffusi
     ``return_intermediates`` the list of x after every step (on CPU, x_T first) is returned too.
     ``start_at`` (a chain index, see :func:`sdedit_start`) begins the loop there with ``noise`` as x
     at that index instead of at the top of the chain.
+    ``deterministic_below`` (original 1000-step scale): steps whose timestep is below it are DDIM η = 0
+    steps whatever ``method`` says (0: off). Karras et al. (2022) inject noise only inside a range of
+    noise levels (S_tmin) for the reason measured here: fresh noise added at the lowest levels is not
+    removed again by a network that cannot tell it from fine texture, and stays in the image as grain.
     """
     if method not in METHODS:
         raise InputError(f"unknown sampler {method!r}; expected one of {', '.join(METHODS)}")
     if eta < 0:
         raise InputError(f"DDIM eta must be >= 0, got {eta}")
+    if not 0 <= deterministic_below <= 1000:
+        raise InputError(f"deterministic_below must be in [0, 1000] (the 1000-step scale), got {deterministic_below}")
     if device is None:
         device = noise.device if noise is not None else next(_parameters(model), torch.empty(0)).device
     device = torch.device(device)
@@ -191,17 +198,21 @@ def sample(model: Callable[[Tensor, Tensor], Tensor], diffusion: GaussianDiffusi
     for i in tqdm(steps, desc=f"{method} sampling", disable=not progress, leave=False):
         t_model = timestep_map[i].expand(x.shape[0])
         model_output = model(x, t_model).float()
-        fused = guidance.fused_step(x, model_output, i, method, eta, clip_denoised, generator) if can_fuse else None
+        step_method, step_eta = method, eta
+        if method != "dpmpp2m" and int(diffusion.timestep_map[i]) < deterministic_below:
+            step_method, step_eta = "ddim", 0.0
+        fused = (guidance.fused_step(x, model_output, i, step_method, step_eta, clip_denoised, generator)
+                 if can_fuse else None)
         if fused is not None:
             x = fused
         else:
             correction = None
             if x0_guidance and guidance is not None:
                 correction = (lambda x0, i=i: guidance.correct_x0(x0, i))
-            if method == "ddpm":
+            if step_method == "ddpm":
                 x, _ = ddpm_step(diffusion, model_output, x, i, clip_denoised, generator, correction)
-            elif method == "ddim":
-                x, _ = ddim_step(diffusion, model_output, x, i, clip_denoised, eta, generator, correction)
+            elif step_method == "ddim":
+                x, _ = ddim_step(diffusion, model_output, x, i, clip_denoised, step_eta, generator, correction)
             else:
                 x, previous_x0 = dpmpp_2m_step(diffusion, model_output, x, i, clip_denoised, previous_x0, correction)
             if guidance is not None:

@@ -164,10 +164,12 @@ class RunSampler:
                                     backend=s.backend)
             x = sample(model_fn, diffusion, noise.shape, method=s.method, eta=s.eta,
                        clip_denoised=s.clip_denoised, noise=x_start, generator=gens, guidance=guidance,
-                       progress=False, device=device_t, start_at=first, x0_guidance=s.x0_guidance)
+                       progress=False, device=device_t, start_at=first, x0_guidance=s.x0_guidance,
+                       deterministic_below=s.deterministic_below)
             images = x.float().cpu().numpy()[:, 0]
             sampling = {"sampler": s.method, "eta": s.eta, "x0_guidance": s.x0_guidance, "eps_scale": s.eps_scale,
-                        "steps": s.steps, "start_step": s.start_step, "network_calls": first + 1}
+                        "steps": s.steps, "start_step": s.start_step, "deterministic_below": s.deterministic_below,
+                        "network_calls": first + 1}
             yield [SampledItem(p, img, batch, dict(sampling)) for p, img in zip(plans, images)]
 
 

@@ -39,6 +39,9 @@ class SamplerSpec:
     x0_guidance: bool = False
     # Epsilon scaling (mcfast.diffusion.eps_scaling): the network's ε is divided by this (1 = off).
     eps_scale: float = 1.0
+    # Steps below this timestep (1000-step scale) are deterministic DDIM steps: no fresh noise at the lowest
+    # noise levels, where the network leaves it in the image as grain (0 = off; see sample()).
+    deterministic_below: int = 0
 
 
 @dataclass
@@ -220,6 +223,10 @@ def validate(recipe: Recipe) -> Recipe:
                          f"(got method {s.method!r}, x0_guidance = {str(s.x0_guidance).lower()}); use 'auto'")
     if s.batch_size < 1:
         raise InputError(f"{where}: sampler.batch_size must be ≥ 1")
+    if isinstance(s.deterministic_below, bool) or not isinstance(s.deterministic_below, int) \
+            or not 0 <= s.deterministic_below <= T_MAX:
+        raise InputError(f"{where}: sampler.deterministic_below = {s.deterministic_below!r} must be an integer in "
+                         f"[0, {T_MAX}] (the 1000-step scale)")
     if not 1 <= s.start_step <= T_MAX:
         raise InputError(f"{where}: sampler.start_step = {s.start_step} is outside [1, {T_MAX}] (the 1000-step scale)")
     a = recipe.anatomy
