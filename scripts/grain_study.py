@@ -84,9 +84,9 @@ def run(cfg: dict, out: Path) -> dict:
         rows.append({"deterministic_below": below, "eps_scale": eps_scale, **score(real, groups, synthetic, None, s),
                      "s_per_image": None if np.isnan(per_image) else round(per_image, 1)})
         print(json.dumps(rows[-1]))
-    from mcfast.train.checkpoint import read_init
+    from mcfast.train.checkpoint import read_config
 
-    step = read_init(REPO / d["checkpoint"])[0]["step"]
+    step = read_config(REPO / d["checkpoint"])["step"]  # config.json only: the weights need not be read again
     return {"config": cfg, "checkpoint": d["checkpoint"], "checkpoint_step": step, "machine": machine_info(),
             "n_reference": len(real), "n_reference_women": len(set(groups)), "rows": rows, "pick": pick(rows[1:])}
 
