@@ -26,16 +26,17 @@ import torch
 from mcfast.atomic import write_text
 from mcfast.evaluate.classifier import machine_info
 from mcfast.evaluate.hand_features import gradient_histogram, hand_feature_test
-from mcfast.evaluate.realism_sets import floor_subset, load_split, machine_line
+from mcfast.evaluate.realism_sets import anatomy_groups, floor_subset, load_split, machine_line
 from mcfast.evaluate.two_sample import DEFAULT_BANDS, spectrum_band_ratios
 from mcfast.io.mammo import frame_model_images
+from mcfast.train.checkpoint import read_config
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def make_set(cfg: dict, below: int, eps_scale: float, out: Path) -> tuple[np.ndarray, float]:
-    """The recipe's ``n`` items with these sampler settings (resumed from ``out``), framed; and the
-    seconds per image of the images made in this call (NaN when all were there)."""
+def make_set(cfg: dict, below: int, eps_scale: float, out: Path) -> tuple[np.ndarray, list[str], float]:
+    """The recipe's ``n`` items with these sampler settings (resumed from ``out``), framed; the anatomy
+    reference of each; and the seconds per image of the images made in this call (NaN when all were there)."""
     from mcfast.api import Synthesizer, build_recipe
 
     d, n = cfg["data"], cfg["synthesis"]["n"]
@@ -45,14 +46,15 @@ def make_set(cfg: dict, below: int, eps_scale: float, out: Path) -> tuple[np.nda
     result = synthesizer.synthesize(n, out, progress=True)
     per_image = (time.perf_counter() - t0) / result.written if result.written else float("nan")
     images = np.stack([np.load(out / f"{k:06d}" / "image.npy") for k in range(n)])
+    anatomy = [json.loads((out / f"{k:06d}" / "meta.json").read_text())["anatomy"] for k in range(n)]
     framed, _ = frame_model_images(images)
-    return framed, per_image
+    return framed, anatomy, per_image
 
 
-def score(real: np.ndarray, groups: list[str], candidates: np.ndarray, cand_groups: list[str] | None,
-          s: dict) -> dict:
-    """The hand-feature two-sample test of ``candidates`` against ``real`` (folds grouped by woman), the
-    spectrum bands and the gradient-histogram L1 distance."""
+def score(real: np.ndarray, groups: list[str], candidates: np.ndarray, cand_groups: list[str], s: dict) -> dict:
+    """The hand-feature two-sample test of ``candidates`` against ``real`` (folds grouped by woman: a
+    synthetic image belongs to the woman whose film guided it), the spectrum bands and the
+    gradient-histogram L1 distance."""
     test = hand_feature_test(real, candidates, folds=s["folds"], seed=s["seed"], n_boot=s["n_boot"],
                              groups_a=groups, groups_b=cand_groups)
     ratios = spectrum_band_ratios(real, candidates)
@@ -70,7 +72,7 @@ def pick(rows: list[dict]) -> dict:
 
 def run(cfg: dict, out: Path) -> dict:
     d, s = cfg["data"], cfg["scoring"]
-    images, women, _ = load_split(REPO / d["prepared"])
+    images, women, files = load_split(REPO / d["prepared"])
     ref_idx = floor_subset(women, s["n_reference"], s["seed"])
     real, groups = images[ref_idx], [women[k] for k in ref_idx]
     # The floor: as many films as each set has, one each from women outside the reference.
@@ -80,12 +82,12 @@ def run(cfg: dict, out: Path) -> dict:
              **score(real, groups, images[floor_idx], [women[k] for k in floor_idx], s), "s_per_image": None}]
     for below, eps_scale in cfg["synthesis"]["grid"]:
         below, eps_scale = int(below), float(eps_scale)
-        synthetic, per_image = make_set(cfg, below, eps_scale, out / f"below_{below}_eps_{eps_scale:.2f}")
-        rows.append({"deterministic_below": below, "eps_scale": eps_scale, **score(real, groups, synthetic, None, s),
+        synthetic, anatomy, per_image = make_set(cfg, below, eps_scale, out / f"below_{below}_eps_{eps_scale:.2f}")
+        synthetic_groups = anatomy_groups(anatomy, files, women)
+        rows.append({"deterministic_below": below, "eps_scale": eps_scale,
+                     **score(real, groups, synthetic, synthetic_groups, s),
                      "s_per_image": None if np.isnan(per_image) else round(per_image, 1)})
         print(json.dumps(rows[-1]))
-    from mcfast.train.checkpoint import read_config
-
     step = read_config(REPO / d["checkpoint"])["step"]  # config.json only: the weights need not be read again
     return {"config": cfg, "checkpoint": d["checkpoint"], "checkpoint_step": step, "machine": machine_info(),
             "n_reference": len(real), "n_reference_women": len(set(groups)), "rows": rows, "pick": pick(rows[1:])}
@@ -111,7 +113,8 @@ def write_report(res: dict, path: Path) -> None:
                      f" | {bands} | {r['gradient_hist_l1']:.3f} | {r['s_per_image'] or ''} |")
     lines += ["", f"Rule (fixed in the config before the run): {cfg['synthesis']['rule']} "
               f"**Pick: deterministic_below = {res['pick']['deterministic_below']}, "
-              f"eps_scale = {res['pick']['eps_scale']:.2f}.**", ""]
+              f"eps_scale = {res['pick']['eps_scale']:.2f}.**",
+              "An empty s / image: that set was made by an earlier, interrupted call of the script and reused.", ""]
     write_text(path, "\n".join(lines))
 
 

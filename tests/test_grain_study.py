@@ -1,0 +1,46 @@
+"""The grain study's rule (scripts/grain_study.py) and the mammography recipes carrying its pick."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from mcfast.synthesis.recipe import load_recipe
+
+REPO = Path(__file__).resolve().parent.parent
+MG_RECIPES = ("mammo_mias512.toml", "mammo_phantom512.toml")
+
+
+def _grain_study():
+    spec = importlib.util.spec_from_file_location("grain_study", REPO / "scripts" / "grain_study.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _row(below: int, auc: float) -> dict:
+    return {"deterministic_below": below, "eps_scale": 1.0, "hand_feature_auc": auc}
+
+
+def test_pick_is_the_smallest_auc_rounded_ties_to_the_earlier_entry():
+    pick = _grain_study().pick
+    assert pick([_row(0, 0.91), _row(100, 0.84), _row(200, 0.88)])["deterministic_below"] == 100
+    # 0.8449 and 0.8401 both round to 0.84: the earlier grid entry wins
+    assert pick([_row(0, 0.90), _row(100, 0.8449), _row(200, 0.8401)])["deterministic_below"] == 100
+    assert pick([_row(0, 0.70), _row(100, 0.71)]) == {"deterministic_below": 0, "eps_scale": 1.0}
+
+
+def test_the_mammography_recipes_carry_the_study_pick():
+    study = json.loads((REPO / "docs" / "results" / "grain_mg.json").read_text())
+    config = tomllib.loads((REPO / "configs" / "grain_mg.toml").read_text())
+    grid = [tuple(pair) for pair in config["synthesis"]["grid"]]
+    rows = study["rows"][1:]  # row 0 is the real-vs-real floor
+    assert [(r["deterministic_below"], r["eps_scale"]) for r in rows] == grid
+    assert study["pick"] == _grain_study().pick(rows)
+    for recipe in MG_RECIPES:
+        sampler = load_recipe(REPO / "configs" / recipe).sampler
+        assert sampler.deterministic_below == study["pick"]["deterministic_below"], recipe
+        assert sampler.eps_scale == pytest.approx(study["pick"]["eps_scale"]), recipe
