@@ -47,6 +47,19 @@ def test_high_frequency_noise_is_detected():
     assert np.mean(cnn["scores_b"]) > np.mean(cnn["scores_a"])
 
 
+def test_group_aucs_name_the_family_that_differs():
+    """A brightness offset changes the intensity histogram and nothing the gradient sees; added white
+    noise changes the spectrum's high bands. Each shows up in its own family's AUC."""
+    a = _fields(0)
+    brighter = np.clip(_fields(1) * 0.5 + 0.15, -1, 1)  # scaled down so the offset never clips
+    res = ts.hand_feature_test(a * 0.5, brighter, folds=3, n_boot=50)
+    assert set(res["group_auc"]) == {"intensity", "spectrum", "gradient"}
+    assert res["group_auc"]["intensity"] > 0.9, res["group_auc"]
+    assert res["group_auc"]["gradient"] < 0.8, res["group_auc"]
+    noisy = ts.hand_feature_test(a, _fields(1, noise=0.05), folds=3, n_boot=50)
+    assert noisy["group_auc"]["spectrum"] > 0.9, noisy["group_auc"]
+
+
 def test_same_seed_same_result_and_seed_matters():
     a, b = _fields(2, n=12), _fields(3, n=12, noise=0.02)
     kw = dict(FAST_CNN, folds=2, epochs=1, crops_per_image=8)
