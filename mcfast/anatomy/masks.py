@@ -1,4 +1,5 @@
-"""Tissue masks that decide where a pathology patch may be placed: lungs in CT, breast in mammograms."""
+"""Masks of a reference image: the tissue a pathology patch may be placed in (lungs in CT, breast in
+mammograms) and the scanner's padding outside the reconstructed field of view."""
 from __future__ import annotations
 
 import numpy as np
@@ -77,6 +78,34 @@ def lung_mask(hu: np.ndarray, threshold: float = -400.0, min_second_fraction: fl
     for lab in keep:
         out |= _close_and_fill(labels == lab, close_r)
     return out
+
+
+def padding_mask(image: np.ndarray, floor: float = -1.0, radius: int = 2, tolerance: float = 1e-5) -> np.ndarray:
+    """Boolean mask of the pixels a scanner did not reconstruct: within ``tolerance`` of ``floor`` (model
+    space; resizing leaves float rounding on a flat region) or below it, in solid regions joined to the
+    image border.
+
+    A CT slice is reconstructed inside a circle; outside it the scanner writes a padding value (-2000,
+    -3024 HU, ...) that clips to the floor of model space, where 16 % of the training slices' pixels lie
+    (configs/ct_real_data.toml, median 21 %: the corners outside the inscribed circle). Air inside the
+    circle sits near -1000 HU with noise, so the pixels of it that clip to the floor are scattered: an
+    opening with a disk of ``radius`` removes them, and only floor regions touching the border are kept.
+    The mask holds floor pixels only, so a sample held to the reference there is exactly the floor.
+    """
+    arr = _check_image(image, "padding_mask")
+    if radius < 0:
+        raise InputError(f"padding_mask radius must be >= 0, got {radius}")
+    at_floor = arr <= floor + tolerance
+    solid = at_floor
+    if radius > 0:
+        # the image continued past its edges (edge padding), so the opening does not eat the border strip
+        grown = np.pad(at_floor, radius + 1, mode="edge")
+        solid = ndimage.binary_opening(grown, structure=_disk(radius))[radius + 1:-radius - 1, radius + 1:-radius - 1]
+    labels, n = ndimage.label(solid)
+    if n == 0:
+        return np.zeros(arr.shape, dtype=bool)
+    border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    return np.isin(labels, border[border > 0]) & at_floor
 
 
 def breast_mask(img: np.ndarray) -> np.ndarray:

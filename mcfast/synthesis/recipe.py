@@ -52,6 +52,12 @@ class AnatomySpec:
     stop_step: int = 200
     filter: str = "box"
     slice_index: int = -1  # for a DICOM series: -1 = a random slice per item
+    # Hold the sample to the reference, pixel for pixel and to the last step, where the reference is scanner
+    # padding (outside the reconstructed field of view; mcfast.anatomy.masks.padding_mask).
+    keep_padding: bool = False
+    # CT phantom only: draw the scanner's reconstruction circle (padding at the floor outside it), as a real
+    # slice has (mcfast.anatomy.phantom.lung_phantom_labels).
+    scan_circle: bool = False
 
 
 @dataclass
@@ -234,6 +240,9 @@ def validate(recipe: Recipe) -> Recipe:
     if a.source != "phantom" and not a.path:
         raise InputError(f"{where}: anatomy.source = {a.source!r} needs anatomy.path")
     _check_guidance(a.factor, a.stop_step, a.filter, recipe.image_size, "anatomy", where)
+    if a.scan_circle and (a.source != "phantom" or recipe.modality != "ct"):
+        raise InputError(f"{where}: anatomy.scan_circle draws a CT phantom's reconstruction circle; it needs "
+                         f"anatomy.source = 'phantom' and recipe.modality = 'ct' (a real slice has its own)")
     for k, p in enumerate(recipe.pathology):
         key = f"pathology[{k}]"
         _check_choice(p.source, PATHOLOGY_SOURCES, f"{key}.source", where)

@@ -208,13 +208,14 @@ def _framed_breast_phantom(size: int, seed: int) -> Anatomy:
 
 
 def load_anatomy(modality: str, source: str, path: str, size: int, seed: int, rng: np.random.Generator,
-                 slice_index: int = -1) -> Anatomy:
-    """The anatomy reference of one item: a phantom drawn from ``seed`` or a real image from ``path``."""
+                 slice_index: int = -1, scan_circle: bool = False) -> Anatomy:
+    """The anatomy reference of one item: a phantom drawn from ``seed`` (a CT phantom with its
+    reconstruction circle when ``scan_circle``) or a real image from ``path``."""
     if source == "phantom":
         if modality == "ct":
             from mcfast.anatomy.phantom import lung_phantom_with_masks
 
-            hu, lungs = lung_phantom_with_masks(size=size, seed=seed)
+            hu, lungs = lung_phantom_with_masks(size=size, seed=seed, scan_circle=scan_circle)
             return Anatomy(hu, lungs.astype(bool), f"phantom:lung:{seed}")
         return _framed_breast_phantom(size, seed)
     p = Path(path)
