@@ -7,7 +7,7 @@ from mcfast.anatomy.masks import padding_mask
 from mcfast.errors import InputError
 from mcfast.io.windows import hu_to_model, model_to_hu
 from mcfast.synthesis.plan import padding_condition, plan_item
-from mcfast.synthesis.recipe import load_recipe, recipe_from_dict
+from mcfast.synthesis.recipe import recipe_from_dict
 from mcfast.synthesis.sources import anatomy_from_array
 from synthesis_helpers import make_tiny_run
 
@@ -52,12 +52,11 @@ def test_padding_mask_bad_input():
 
 
 def _recipe(keep: bool):
-    r = recipe_from_dict({"recipe": {"modality": "ct", "image_size": SIZE, "seed": 0},
+    return recipe_from_dict({"recipe": {"modality": "ct", "image_size": SIZE, "seed": 0},
                           "sampler": {"steps": "6", "batch_size": 1},
                           "anatomy": {"source": "phantom", "factor": 4, "stop_step": 200, "keep_padding": keep},
                           "pathology": [{"source": "synthetic", "category": "nodule", "size": [8, 10]}]},
                          source="t.toml")
-    return r
 
 
 def test_plan_adds_the_padding_condition_last():

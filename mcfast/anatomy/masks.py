@@ -22,6 +22,15 @@ def _disk(radius: int) -> np.ndarray:
     return (r[:, None] ** 2 + r[None, :] ** 2) <= radius**2
 
 
+def _joined_to_border(mask: np.ndarray) -> np.ndarray:
+    """The pixels of ``mask`` whose connected component touches the image border."""
+    labels, n = ndimage.label(mask)
+    if n == 0:
+        return np.zeros(mask.shape, dtype=bool)
+    border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    return np.isin(labels, border[border > 0])
+
+
 def _close_and_fill(component: np.ndarray, radius: int) -> np.ndarray:
     """Closing + hole filling of one component inside its padded bounding box.
 
@@ -57,11 +66,9 @@ def lung_mask(hu: np.ndarray, threshold: float = -400.0, min_second_fraction: fl
     arr = _check_image(hu, "lung_mask")
     size = max(arr.shape)
     low = arr < threshold
-    labels, n = ndimage.label(low)
-    if n == 0:
+    if not low.any():
         return np.zeros(arr.shape, dtype=bool)
-    border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
-    inside = low & ~np.isin(labels, border[border > 0])
+    inside = low & ~_joined_to_border(low)
     open_r = max(1, size // 256)
     inside = ndimage.binary_opening(inside, structure=_disk(open_r))
     labels, n = ndimage.label(inside)
@@ -101,11 +108,7 @@ def padding_mask(image: np.ndarray, floor: float = -1.0, radius: int = 2, tolera
         # the image continued past its edges (edge padding), so the opening does not eat the border strip
         grown = np.pad(at_floor, radius + 1, mode="edge")
         solid = ndimage.binary_opening(grown, structure=_disk(radius))[radius + 1:-radius - 1, radius + 1:-radius - 1]
-    labels, n = ndimage.label(solid)
-    if n == 0:
-        return np.zeros(arr.shape, dtype=bool)
-    border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
-    return np.isin(labels, border[border > 0]) & at_floor
+    return _joined_to_border(solid) & at_floor
 
 
 def breast_mask(img: np.ndarray) -> np.ndarray:
