@@ -289,7 +289,8 @@ class Synthesizer:
     """A model loaded once, with a default recipe; makes annotated images in memory or into a folder.
 
     Build it with :meth:`from_pretrained`. ``precision`` "fp32" (the CLI's default: bit-identical to
-    ``mcfast synthesize``), "bf16" (about 2x faster on a CPU with AVX-512 BF16) or "fp16" (GPU)."""
+    ``mcfast synthesize``), "bf16" (about 2x faster on a CPU with AVX-512 BF16, slower on one without),
+    "fp16" (GPU) or "auto" (the device's fastest: :func:`mcfast.models.inference.fastest_precision`)."""
 
     def __init__(self, engine, recipe: Recipe):
         self.engine = engine
@@ -305,12 +306,16 @@ class Synthesizer:
         else the demo recipe of the run's modality)."""
         from mcfast.synthesis.pipeline import RunSampler
 
-        if precision not in ("fp32", "bf16", "fp16"):
-            raise InputError(f"precision {precision!r} is not one of fp32, bf16, fp16")
+        if precision not in ("fp32", "bf16", "fp16", "auto"):
+            raise InputError(f"precision {precision!r} is not one of fp32, bf16, fp16, auto")
         if device is not None:
             from mcfast.commands.common import resolve_device
 
             device = str(resolve_device(device))
+        if precision == "auto":
+            from mcfast.models.inference import fastest_precision
+
+            precision = fastest_precision(device or "cpu")
         path, shipped_recipe = resolve_model(model)
         engine = RunSampler(path, device=device, precision=precision, channels_last=channels_last)
         base = _as_recipe(recipe) if recipe is not None else (

@@ -192,3 +192,19 @@ def test_a_recipe_that_cannot_plan_leaves_no_provenance(ct, tmp_path):
 def test_batch_size_zero_is_refused(ct):
     with pytest.raises(InputError, match="batch_size must be an integer >= 1"):
         ct.generate(n=1, batch_size=0, steps=STEPS)
+
+
+def test_auto_precision_follows_the_cpu(monkeypatch):
+    """"auto" is bf16 only where the device computes bf16 natively: emulated bf16 is the slow choice."""
+    import torch
+
+    from mcfast.models import inference
+
+    for native, expected in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda native=native: native)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+        assert inference.fastest_precision("cpu") == expected
+        assert Synthesizer.from_pretrained("ct:phantom64", precision="auto").engine.precision == expected
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    assert inference.fastest_precision("cpu") == "bf16"
+    assert inference.fastest_precision("cuda") == "bf16"  # make_model_fn drops to fp16 on GPUs without bf16

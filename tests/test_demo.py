@@ -130,3 +130,16 @@ def test_demo_phantom64_models_stay_available(tmp_path, capsys, modality, run, a
                  f"--{modality}-model", "phantom64", "--no-progress"]) == 0
     meta = json.loads((out / run / "000000" / "meta.json").read_text())
     assert meta["height"] == 64 and asset in capsys.readouterr().out
+
+
+def test_demo_jobs_run_the_modalities_at_once_with_the_same_images(tmp_path, capsys):
+    """--jobs 2 samples CT and mammography in two threads at once; an image depends on its seed only."""
+    for jobs in ("1", "2"):
+        assert main(["demo", "--out", str(tmp_path / jobs), "--n", "1", "--steps", "3", "--jobs", jobs,
+                     "--no-progress"]) == 0
+    for run in ("lung_ct", "mammography"):
+        one, two = (np.load(tmp_path / jobs / run / "000000" / "image.npy") for jobs in ("1", "2"))
+        assert np.array_equal(one, two), run
+    capsys.readouterr()
+    assert main(["demo", "--out", str(tmp_path / "x"), "--jobs", "0"]) == 2
+    assert "--jobs must be >= 1, got 0" in capsys.readouterr().err and not (tmp_path / "x").exists()

@@ -127,3 +127,22 @@ def test_scan_circle_needs_a_ct_phantom():
                           "pathology": [{"size": [8, 10]}]}, source="r.toml")
     plan = plan_item(r, 0)
     assert plan.conditions[-1].name == "padding" and (plan.anatomy.values.min() == -1024.0)
+
+
+def test_mammogram_background_is_kept_exactly(tmp_path):
+    """A framed mammogram is exactly blank outside the breast; with keep_padding the sample is too."""
+    from mcfast.api import Synthesizer
+    from mcfast.synthesis.plan import to_model
+    from mcfast.synthesis.sources import load_anatomy
+
+    anatomy = load_anatomy("mg", "phantom", "", SIZE, 5, np.random.default_rng(0))
+    blank = padding_mask(to_model("mg", anatomy.values))
+    assert blank.mean() > 0.2 and not (blank & anatomy.tissue).any()
+    run = make_tiny_run(tmp_path / "run", SIZE, "mg", live_output=True)
+    synth = Synthesizer.from_pretrained(run)
+    recipe = recipe_from_dict({"recipe": {"modality": "mg", "image_size": SIZE, "seed": 0},
+                               "sampler": {"steps": "6", "batch_size": 1},
+                               "anatomy": {"source": "phantom", "factor": 4, "stop_step": 200, "keep_padding": True},
+                               "pathology": []}, source="t.toml")
+    item = synth.generate(n=1, recipe=recipe, anatomy=anatomy.values)[0]
+    assert np.array_equal(item.model_image[blank], np.full(blank.sum(), -1.0, np.float32))

@@ -154,6 +154,9 @@ def test_cli_train_resume_and_deterministic_sample(tmp_path):
                      "--sampler", "ddim", "--seed", 7, "--no-progress"]) == 0
     a, b = np.load(tmp_path / "a" / "samples.npy"), np.load(tmp_path / "b" / "samples.npy")
     assert a.shape == (3, 1, 16, 16) and np.array_equal(a, b)
+    from mcfast.models.inference import fastest_precision  # the default "auto", recorded as what it resolved to
+
+    assert json.loads((tmp_path / "a" / "samples.json").read_text())["precision"] == fastest_precision("cpu")
     # Image k depends on the seed and k only, not on the batch it was sampled in.
     assert _cli(["sample", "--ckpt", run, "--out", tmp_path / "c", "--n", 3, "--steps", 5, "--batch-size", 3,
                  "--sampler", "ddim", "--eta", 0.5, "--seed", 7, "--no-progress"]) == 0

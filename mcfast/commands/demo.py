@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 
@@ -38,6 +39,9 @@ def register(subparsers) -> None:
     # One thread by default: the 64² default models gain nothing from a second one, and when the other
     # core is busy OpenMP's spin-waiting made a 2-thread demo 16x slower here (17 s vs 273 s for 4 CT images).
     p.add_argument("--threads", type=int, default=1, help="CPU threads for torch (default 1)")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="modalities sampled at the same time, each on --threads threads (default: one per "
+                        "modality, at most the number of CPU cores)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
@@ -50,9 +54,13 @@ def run(args: argparse.Namespace) -> int:
     if args.threads < 1:
         from mcfast.errors import InputError
         raise InputError(f"--threads must be >= 1, got {args.threads}")
+    if args.jobs is not None and args.jobs < 1:
+        from mcfast.errors import InputError
+        raise InputError(f"--jobs must be >= 1, got {args.jobs}")
     torch.set_num_threads(args.threads)
 
     modalities = ("ct", "mg") if args.modality == "both" else (args.modality,)
+    jobs = args.jobs if args.jobs is not None else max(1, min(len(modalities), os.cpu_count() or 1))
     def count(given, model):  # the 256² real-scan models cost ~30x a 64² one per image
         return given if given is not None else (min(args.n, 4) if model == "real" else args.n)
 
@@ -60,6 +68,6 @@ def run(args: argparse.Namespace) -> int:
                                  ckpt_mg=args.ckpt_mg, modalities=modalities, backend=args.backend,
                                  progress=not args.no_progress, ct_model=args.ct_model,
                                  n_ct=count(args.n_ct, args.ct_model), mg_model=args.mg_model,
-                                 n_mg=count(args.n_mg, args.mg_model), fast=args.fast))
+                                 n_mg=count(args.n_mg, args.mg_model), fast=args.fast, jobs=jobs))
     print(f"done: open {page.resolve()}")
     return 0

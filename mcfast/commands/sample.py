@@ -8,10 +8,10 @@ from pathlib import Path
 from mcfast.commands.common import one_line_errors, positive_int
 from mcfast.errors import InputError
 
-# Fastest configuration measured by benchmarks/bench_unet.py ("small" U-Net, 2-core AMD EPYC with avx512_bf16):
-# bf16 autocast + channels_last took 2.0 s per 256² DDPM step vs 4.5 s in fp32 (results/bench_unet.json).
-# On GPUs bf16 is the usual best too; CUDA devices without bf16 fall back to fp16 (models/inference.py).
-DEFAULT_PRECISION = "bf16"
+# Fastest configuration: channels_last at the device's fastest precision (models.inference.fastest_precision):
+# bf16 autocast on GPUs and on CPUs with bf16 instructions (benchmarks/bench_unet.py, "small" U-Net, 2-core
+# AMD EPYC with avx512_bf16: 2.0 s per 256² DDPM step vs 4.5 s in fp32), fp32 on CPUs without them.
+DEFAULT_PRECISION = "auto"
 DEFAULT_CHANNELS_LAST = True
 
 
@@ -37,9 +37,9 @@ def register(subparsers) -> None:
                         "on crops samples any multiple of its downsampling factor)")
     p.add_argument("--no-clip", action="store_true", help="do not clip the x0 prediction to [-1, 1]")
     p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA weights")
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default=DEFAULT_PRECISION,
-                   help=f"autocast precision of the network (default {DEFAULT_PRECISION}, the fastest measured; "
-                        "fp32 for bit-exact comparisons)")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default=DEFAULT_PRECISION,
+                   help="autocast precision of the network (default auto: bf16 on a GPU or a CPU with bf16 "
+                        "instructions, else fp32; fp32 for bit-exact comparisons)")
     p.add_argument("--channels-last", dest="channels_last", action="store_true", default=DEFAULT_CHANNELS_LAST,
                    help="channels_last memory format" + (" (default)" if DEFAULT_CHANNELS_LAST else ""))
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false",
@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     from mcfast.diffusion.eps_scaling import check_eps_scale, scale_eps
     from mcfast.diffusion.gaussian import create_diffusion
     from mcfast.diffusion.samplers import sample
-    from mcfast.models.inference import make_model_fn
+    from mcfast.models.inference import fastest_precision, make_model_fn
     from mcfast.models.unet import check_sampling_size
     from mcfast.seeding import item_seed
     from mcfast.io.paths import check_out_dir, make_out_dir, os_reason
@@ -73,13 +73,14 @@ def run(args: argparse.Namespace) -> int:
     if (args.out / "samples.npy").exists():
         raise InputError(f"{args.out}: already holds samples.npy; choose another --out")
     device = resolve_device(args.device)
+    precision = fastest_precision(device) if args.precision == "auto" else args.precision
     model, diffusion_kwargs, config = load_model(args.ckpt, device=device, ema=not args.raw)
     diffusion = create_diffusion(**{**diffusion_kwargs, "respacing": str(args.steps)})
     trained = int(config.get("data", {}).get("image_size", config["model"]["image_size"]))
     size = args.size or trained
     check_sampling_size(config["model"], size, trained, where=str(args.ckpt))
     channels = int(config["model"].get("in_channels", 1))
-    fn = scale_eps(make_model_fn(model, device, args.precision, args.channels_last, per_item=True), args.eps_scale)
+    fn = scale_eps(make_model_fn(model, device, precision, args.channels_last, per_item=True), args.eps_scale)
     batches = []
     for start in range(0, args.n, args.batch_size):
         b = min(args.batch_size, args.n - start)
@@ -100,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
         write_text(args.out / "samples.json", json.dumps({
             "ckpt": str(args.ckpt), "step": config["step"], "n": args.n, "steps": args.steps, "sampler": args.sampler,
             "eta": args.eta, "eps_scale": args.eps_scale, "seed": args.seed, "batch_size": args.batch_size,
-            "ema": not args.raw, "precision": args.precision, "channels_last": args.channels_last,
+            "ema": not args.raw, "precision": precision, "channels_last": args.channels_last,
             "clip_denoised": not args.no_clip, "model_space": "[-1, 1]", "data": config.get("data", {})},
             indent=1) + "\n")
     except OSError as exc:

@@ -49,7 +49,9 @@ def register(subparsers) -> None:
                    help="guidance implementation (default: the recipe's; auto = fused op when it can serve)")
     p.add_argument("--seed", type=int, default=None, help="override the recipe's seed")
     p.add_argument("--dicom", action="store_true", help="also write DICOM images and DICOM SEG masks")
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="U-Net autocast precision")
+    p.add_argument("--precision", choices=["fp32", "bf16", "auto"], default="fp32",
+                   help="U-Net autocast precision (default fp32: the same images on every machine; auto = bf16 on a "
+                        "GPU or a CPU with bf16 instructions, else fp32)")
     p.add_argument("--device", default=None, help="cpu or cuda (default cpu)")
     p.add_argument("--threads", type=positive_int, default=None,
                    help="CPU threads for torch (default: torch's; 1 is fastest for small models on a busy machine)")
