@@ -16,8 +16,8 @@ import numpy as np
 
 from mcfast.errors import InputError
 from mcfast.evaluate.classifier import machine_info
-from mcfast.evaluate.realism_sets import (anatomy_groups, feature_net_and_floor, fmt_auc, load_split, load_synthetic,
-                                          machine_line, record_set, replace_block, report_arguments, resize_area,
+from mcfast.evaluate.realism_sets import (anatomy_groups, feature_net_and_floor, fmt_auc, fmt_families, load_split,
+                                          load_synthetic, machine_line, record_set, replace_block, report_arguments, resize_area,
                                           save_results, scored_set, sets_scored_at, start_report,
                                           two_sample_targets)
 from mcfast.evaluate.realism_suite import SuiteSettings, compare
@@ -28,15 +28,16 @@ TISSUES = ("lung", "fat", "soft_tissue", "bone")
 
 def size_section(size: str, block: dict) -> list[str]:
     """The table, the real tissue ranges and the target checks of one image size (Markdown lines)."""
-    lines = ["| set | patch-CNN AUC [95 %] | hand-feature AUC [95 %] | Fréchet (AE) | spectrum mid / high "
-             "(× real) | lung / fat / soft tissue / bone HU | NCC > 0.95 | s / image |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| set | patch-CNN AUC [95 %] | hand-feature AUC [95 %] | hand families: intensity / spectrum / "
+             "gradient | Fréchet (AE) | spectrum mid / high (× real) | lung / fat / soft tissue / bone HU | "
+             "NCC > 0.95 | s / image |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for name, r in [("floor (real train vs real val)", block["floor"])] + list(block["synthetic"].items()):
         hu = r.get("tissue_hu", {}).get("median_hu", {})
         hu_s = " / ".join(f"{hu.get(t, float('nan')):.0f}" for t in TISSUES)
         sp = r["spectrum_ratio"]
         lines.append(f"| {name} | {fmt_auc(r['patch_cnn'])} | {fmt_auc(r['hand_features'])} | "
-                     f"{r['frechet']:.3g} | {sp['mid']:.2f} / {sp['high']:.2f} | {hu_s} | "
+                     f"{fmt_families(r['hand_features'])} | {r['frechet']:.3g} | {sp['mid']:.2f} / {sp['high']:.2f} | {hu_s} | "
                      f"{r['memorization']['rate_above_threshold']:.0%} | {r.get('seconds_per_image', '')} |")
     real_hu = block["real_tissue_hu"]
     lines += ["", f"Real validation tissue medians at {size}² (HU, all pixels; per-image range): " + ", ".join(

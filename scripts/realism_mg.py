@@ -18,7 +18,7 @@ import numpy as np
 
 from mcfast.evaluate.classifier import machine_info
 from mcfast.evaluate.lesion_contrast import contrast_summary, lesion_contrast, mias_mass_masks
-from mcfast.evaluate.realism_sets import (anatomy_groups, feature_net_and_floor, fmt_auc, load_split, machine_line,
+from mcfast.evaluate.realism_sets import (anatomy_groups, feature_net_and_floor, fmt_auc, fmt_families, load_split, machine_line,
                                           record_set, replace_block, report_arguments, resize_area, resize_masks,
                                           save_results, scored_set, sets_scored_at, start_report,
                                           two_sample_targets)
@@ -51,14 +51,16 @@ def _fmt_contrast(c: dict) -> str:
 
 def size_section(block: dict) -> list[str]:
     """The table and the target checks of one image size (Markdown lines)."""
-    lines = ["| set | patch-CNN AUC [95 %] | hand-feature AUC [95 %] | Fréchet (AE) | spectrum mid / high "
-             "(× real) | breast intensity W1 / median | NCC > 0.95 | mass contrast median [IQR] | s / image |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| set | patch-CNN AUC [95 %] | hand-feature AUC [95 %] | hand families: intensity / spectrum / "
+             "gradient | Fréchet (AE) | spectrum mid / high (× real) | breast intensity W1 / median | NCC > 0.95 | "
+             "mass contrast median [IQR] | s / image |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     rows = [("floor (real train vs real val)", block["floor"], block["real_mass_contrast"]["train"])]
     rows += [(name, r, r["mass_contrast"]) for name, r in block["synthetic"].items()]
     for name, r, contrast in rows:
         sp, bi = r["spectrum_ratio"], r["breast_intensity"]
-        lines.append(f"| {name} | {fmt_auc(r['patch_cnn'])} | {fmt_auc(r['hand_features'])} | {r['frechet']:.3g} | "
+        lines.append(f"| {name} | {fmt_auc(r['patch_cnn'])} | {fmt_auc(r['hand_features'])} | "
+                     f"{fmt_families(r['hand_features'])} | {r['frechet']:.3g} | "
                      f"{sp['mid']:.2f} / {sp['high']:.2f} | {bi['wasserstein']:.3f} / {bi['median_other']:.2f} | "
                      f"{r['memorization']['rate_above_threshold']:.0%} | {_fmt_contrast(contrast)} | "
                      f"{r.get('seconds_per_image', '')} |")

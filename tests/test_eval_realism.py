@@ -85,3 +85,18 @@ def test_two_sample_test_identical_vs_different():
     diff = realism.two_sample_test(a, _disc_images(rng, 32), epochs=2, n_boot=200, seed=0)
     assert diff["auc"] > 0.9 and diff["auc_lo"] > 0.5
     assert diff["n_test"] == {"real": 16, "synthetic": 16}
+
+
+def test_report_names_the_feature_family_that_gives_a_set_away():
+    from mcfast.evaluate.hand_features import hand_feature_test
+    from mcfast.evaluate.realism_sets import fmt_families
+
+    rng = np.random.default_rng(0)
+    smooth = rng.normal(0, 0.1, (12, 32, 32)).cumsum(1).cumsum(2) / 20
+    rough = smooth + rng.normal(0, 0.05, smooth.shape)  # same intensities, more high-frequency power
+    result = hand_feature_test(np.clip(smooth, -1, 1), np.clip(rough, -1, 1), folds=3, n_boot=50)
+    text = fmt_families(result)
+    intensity, spectrum, gradient = (float(v) for v in text.split(" / "))
+    assert spectrum > 0.9 and gradient > 0.9 and text == " / ".join(
+        f"{result['group_auc'][k]:.2f}" for k in ("intensity", "spectrum", "gradient"))
+    assert fmt_families({"auc": 0.5}) == "–"  # a result saved before the families were scored

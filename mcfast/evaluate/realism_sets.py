@@ -205,6 +205,15 @@ def fmt_auc(d: dict) -> str:
     return f"{d['auc']:.2f} [{d['auc_lo']:.2f}, {d['auc_hi']:.2f}]"
 
 
+def fmt_families(hand: dict) -> str:
+    """The hand-feature test's point AUC of each feature family alone (intensity / spectrum / gradient):
+    which property gives a set away; "–" for results made before the families were scored."""
+    from mcfast.evaluate.hand_features import FEATURE_GROUPS
+
+    groups = hand.get("group_auc")
+    return " / ".join(f"{groups[name]:.2f}" for name in FEATURE_GROUPS) if groups else "–"
+
+
 def two_sample_targets(floor: dict, r: dict, anatomy: str) -> dict[str, bool]:
     """The targets both reports share: AUCs within floor + 0.10 (real anatomy) / + 0.15 (phantom),
     spectrum bands within ±20 %, at most 2 % of images with NCC above the audit threshold."""
