@@ -304,17 +304,16 @@ class Synthesizer:
         (the 64² phantom models), or a run folder of ``mcfast train`` / a shipped asset folder.
         ``recipe``: the default settings of :meth:`generate` (default: the shipped model's demo recipe,
         else the demo recipe of the run's modality)."""
+        from mcfast.models.inference import PRECISIONS, fastest_precision
         from mcfast.synthesis.pipeline import RunSampler
 
-        if precision not in ("fp32", "bf16", "fp16", "auto"):
-            raise InputError(f"precision {precision!r} is not one of fp32, bf16, fp16, auto")
+        if precision not in (*PRECISIONS, "auto"):
+            raise InputError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}, auto")
         if device is not None:
             from mcfast.commands.common import resolve_device
 
             device = str(resolve_device(device))
         if precision == "auto":
-            from mcfast.models.inference import fastest_precision
-
             precision = fastest_precision(device or "cpu")
         path, shipped_recipe = resolve_model(model)
         engine = RunSampler(path, device=device, precision=precision, channels_last=channels_last)

@@ -17,8 +17,8 @@ import numpy as np
 from mcfast.errors import InputError
 from mcfast.evaluate.classifier import machine_info
 from mcfast.evaluate.realism_sets import (anatomy_groups, feature_net_and_floor, fmt_auc, fmt_families, load_split,
-                                          load_synthetic, machine_line, record_set, replace_block, report_arguments, resize_area,
-                                          save_results, scored_set, sets_scored_at, start_report,
+                                          load_synthetic, machine_line, record_set, replace_block, report_arguments,
+                                          resize_area, save_results, scored_set, sets_scored_at, start_report,
                                           two_sample_targets)
 from mcfast.evaluate.realism_suite import SuiteSettings, compare
 
@@ -37,7 +37,8 @@ def size_section(size: str, block: dict) -> list[str]:
         hu_s = " / ".join(f"{hu.get(t, float('nan')):.0f}" for t in TISSUES)
         sp = r["spectrum_ratio"]
         lines.append(f"| {name} | {fmt_auc(r['patch_cnn'])} | {fmt_auc(r['hand_features'])} | "
-                     f"{fmt_families(r['hand_features'])} | {r['frechet']:.3g} | {sp['mid']:.2f} / {sp['high']:.2f} | {hu_s} | "
+                     f"{fmt_families(r['hand_features'])} | {r['frechet']:.3g} | {sp['mid']:.2f} / {sp['high']:.2f} | "
+                     f"{hu_s} | "
                      f"{r['memorization']['rate_above_threshold']:.0%} | {r.get('seconds_per_image', '')} |")
     real_hu = block["real_tissue_hu"]
     lines += ["", f"Real validation tissue medians at {size}² (HU, all pixels; per-image range): " + ", ".join(

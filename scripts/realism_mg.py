@@ -18,9 +18,9 @@ import numpy as np
 
 from mcfast.evaluate.classifier import machine_info
 from mcfast.evaluate.lesion_contrast import contrast_summary, lesion_contrast, mias_mass_masks
-from mcfast.evaluate.realism_sets import (anatomy_groups, feature_net_and_floor, fmt_auc, fmt_families, load_split, machine_line,
-                                          record_set, replace_block, report_arguments, resize_area, resize_masks,
-                                          save_results, scored_set, sets_scored_at, start_report,
+from mcfast.evaluate.realism_sets import (anatomy_groups, feature_net_and_floor, fmt_auc, fmt_families, load_split,
+                                          machine_line, record_set, replace_block, report_arguments, resize_area,
+                                          resize_masks, save_results, scored_set, sets_scored_at, start_report,
                                           two_sample_targets)
 from mcfast.evaluate.realism_suite import SuiteSettings, compare
 from mcfast.io.mammo import breast_mask, frame_model_images
