@@ -16,10 +16,10 @@ import numpy as np
 
 from mcfast.errors import InputError
 from mcfast.evaluate.classifier import machine_info
-from mcfast.evaluate.realism_sets import (anatomy_groups, feature_net_and_floor, fmt_auc, fmt_families, load_split,
-                                          load_synthetic, machine_line, record_set, replace_block, report_arguments,
-                                          resize_area, save_results, scored_set, sets_scored_at, start_report,
-                                          two_sample_targets)
+from mcfast.evaluate.realism_sets import (anatomy_groups, checkpoint_fields, feature_net_and_floor, fmt_auc,
+                                          fmt_families, load_split, load_synthetic, machine_line, model_steps,
+                                          record_set, replace_block, report_arguments, resize_area, save_results,
+                                          scored_set, sets_scored_at, start_report, two_sample_targets)
 from mcfast.evaluate.realism_suite import SuiteSettings, compare
 
 REPO = Path(__file__).resolve().parent.parent
@@ -60,7 +60,7 @@ def write_markdown(results: dict, path: Path) -> None:
              "slices against the training set (other patients). s / image: 1 thread, two sets made at once on 2 cores.",
              "A set named `X_512to256` is the 512² set X area-downsampled to 256², as the real 256² slices are made from",
              "the 512² ones (its s / image is the 512² sampling time).",
-             "", f"Model: `{results['checkpoint']}` at step {results['checkpoint_step']}. Machine: "
+             "", f"Model: `{results['checkpoint']}`, {model_steps(results)}. Machine: "
              f"{machine_line(results['machine'])}.", ""]
     for size, block in results["sizes"].items():
         lines += [f"## {size}²", ""] + size_section(size, block)
@@ -72,7 +72,7 @@ README_BEGIN, README_END = "<!-- realism_ct:begin -->", "<!-- realism_ct:end -->
 
 def update_readme(results: dict, readme: Path) -> None:
     """The README's realism block: the tables of every size, from ``results``."""
-    body = [f"Model step {results['checkpoint_step']}; {machine_line(results['machine'])}.", ""]
+    body = [f"Model: {model_steps(results)}; {machine_line(results['machine'])}.", ""]
     for size, block in sorted(results["sizes"].items(), key=lambda kv: -int(kv[0])):
         body += [f"**{size}²**", ""] + size_section(size, block)
     replace_block(readme, README_BEGIN, README_END, "\n" + "\n".join(body))
@@ -90,7 +90,7 @@ def update_model_card(results: dict, card: Path) -> None:
             sp = r["spectrum_ratio"]
             rows.append(f"| {size} | {name} | {fmt_auc(r['patch_cnn'])} | {fmt_auc(r['hand_features'])} | "
                         f"{sp['mid']:.2f} / {sp['high']:.2f} |")
-    body = (f"\nMeasured by `python scripts/realism_ct.py` on step {results['checkpoint_step']} "
+    body = (f"\nMeasured by `python scripts/realism_ct.py` on {model_steps(results)} "
             f"({machine_line(results['machine'])}); all numbers and the floor's meaning: docs/results/realism_ct.md.\n\n"
             + "\n".join(rows) + "\n")
     replace_block(card, CARD_BEGIN, CARD_END, body)
@@ -169,7 +169,7 @@ def main() -> None:
     val512, val_patients, _ = load_split(prepared / "val")
     ckpt_config = json.loads((REPO / cfg["data"]["checkpoint"] / "config.json").read_text())
     n = cfg["synthesis"]["n"]
-    results = {"config": cfg, "checkpoint": cfg["data"]["checkpoint"], "checkpoint_step": ckpt_config["step"],
+    results = {"config": cfg, "checkpoint": cfg["data"]["checkpoint"], **checkpoint_fields(ckpt_config),
                "machine": machine_info(), "n_train_slices": len(train512), "n_val_slices": len(val512),
                "n_val_patients": len(set(val_patients)), "sizes": {}}
     from mcfast.evaluate.two_sample import tissue_hu_medians

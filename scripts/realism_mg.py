@@ -18,10 +18,10 @@ import numpy as np
 
 from mcfast.evaluate.classifier import machine_info
 from mcfast.evaluate.lesion_contrast import contrast_summary, lesion_contrast, mias_mass_masks
-from mcfast.evaluate.realism_sets import (anatomy_groups, feature_net_and_floor, fmt_auc, fmt_families, load_split,
-                                          machine_line, record_set, replace_block, report_arguments, resize_area,
-                                          resize_masks, save_results, scored_set, sets_scored_at, start_report,
-                                          two_sample_targets)
+from mcfast.evaluate.realism_sets import (anatomy_groups, checkpoint_fields, feature_net_and_floor, fmt_auc,
+                                          fmt_families, load_split, machine_line, model_steps, record_set,
+                                          replace_block, report_arguments, resize_area, resize_masks, save_results,
+                                          scored_set, sets_scored_at, start_report, two_sample_targets)
 from mcfast.evaluate.realism_suite import SuiteSettings, compare
 from mcfast.io.mammo import breast_mask, frame_model_images
 
@@ -89,7 +89,7 @@ def write_markdown(results: dict, path: Path) -> None:
              "The floor row's contrast is that of the training women's masses. s / image: 1 thread.",
              "A set named `X_512to256` is the 512² set X area-downsampled to 256², as the real 256² films are made",
              "from the 512² ones (its s / image is the 512² sampling time).",
-             "", f"Model: `{results['checkpoint']}` at step {results['checkpoint_step']}. Machine: "
+             "", f"Model: `{results['checkpoint']}`, {model_steps(results)}. Machine: "
              f"{machine_line(results['machine'])}.", ""]
     for size, block in results["sizes"].items():
         lines += [f"## {size}²", ""] + size_section(block)
@@ -101,7 +101,7 @@ CARD_BEGIN, CARD_END = "<!-- realism:begin -->", "<!-- realism:end -->"
 
 
 def update_readme(results: dict, readme: Path) -> None:
-    body = [f"Model step {results['checkpoint_step']}; {machine_line(results['machine'])}.", ""]
+    body = [f"Model: {model_steps(results)}; {machine_line(results['machine'])}.", ""]
     for size, block in sorted(results["sizes"].items(), key=lambda kv: -int(kv[0])):
         body += [f"**{size}²**", ""] + size_section(block)
     replace_block(readme, README_BEGIN, README_END, "\n" + "\n".join(body))
@@ -117,7 +117,7 @@ def update_model_card(results: dict, card: Path) -> None:
             sp = r["spectrum_ratio"]
             rows.append(f"| {size} | {name} | {fmt_auc(r['patch_cnn'])} | {fmt_auc(r['hand_features'])} | "
                         f"{sp['mid']:.2f} / {sp['high']:.2f} | {_fmt_contrast(contrast)} |")
-    body = (f"\nMeasured by `python scripts/realism_mg.py` on step {results['checkpoint_step']} "
+    body = (f"\nMeasured by `python scripts/realism_mg.py` on {model_steps(results)} "
             f"({machine_line(results['machine'])}); all numbers and the floor's meaning: docs/results/realism_mg.md.\n\n"
             + "\n".join(rows) + "\n")
     replace_block(card, CARD_BEGIN, CARD_END, body)
@@ -182,7 +182,7 @@ def main() -> None:
     val512, val_women, _ = load_split(prepared / "val")
     ckpt_config = json.loads((REPO / cfg["data"]["checkpoint"] / "config.json").read_text())
     n = cfg["synthesis"]["n"]
-    results = {"config": cfg, "checkpoint": cfg["data"]["checkpoint"], "checkpoint_step": ckpt_config["step"],
+    results = {"config": cfg, "checkpoint": cfg["data"]["checkpoint"], **checkpoint_fields(ckpt_config),
                "machine": machine_info(), "n_train_films": len(train512), "n_val_films": len(val512),
                "n_val_women": len(set(val_women)), "sizes": {}}
     masses = {split: mias_mass_masks(prepared / split) for split in ("train", "val")}

@@ -47,6 +47,7 @@ def test_mg_mias_model_card_carries_the_licence_and_matches_the_realism_json():
     results = Path(__file__).resolve().parents[1] / "docs" / "results" / "realism_mg.json"
     data = json.loads(results.read_text())
     assert data["checkpoint_step"] == config["step"], "the card's numbers are for the shipped weights"
+    assert data["checkpoint_total_steps"] == config["history"]["total_steps"]
     block = card.split("<!-- realism:begin -->")[1].split("<!-- realism:end -->")[0]
     for size, sizes in data["sizes"].items():
         for name, r in [("floor", sizes["floor"])] + list(sizes["synthetic"].items()):
@@ -71,6 +72,7 @@ def test_ct_real_model_card_names_data_licences_and_matches_the_realism_json():
     block = card.split("<!-- realism:begin -->")[1].split("<!-- realism:end -->")[0]
     data = json.loads(results.read_text())
     assert data["checkpoint_step"] == config["step"], "the card's numbers are for the shipped weights"
+    assert data["checkpoint_total_steps"] == config["history"]["total_steps"]
     for size, sizes in data["sizes"].items():
         for name, r in [("floor", sizes["floor"])] + list(sizes["synthetic"].items()):
             row = next(line for line in block.splitlines() if line.startswith(f"| {size} | {name} |"))

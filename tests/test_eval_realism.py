@@ -100,3 +100,14 @@ def test_report_names_the_feature_family_that_gives_a_set_away():
     assert spectrum > 0.9 and gradient > 0.9 and text == " / ".join(
         f"{result['group_auc'][k]:.2f}" for k in ("intensity", "spectrum", "gradient"))
     assert fmt_families({"auc": 0.5}) == "–"  # a result saved before the families were scored
+
+
+def test_report_names_the_total_training_steps_of_warm_started_weights():
+    from mcfast.evaluate.realism_sets import checkpoint_fields, model_steps
+
+    warm = checkpoint_fields({"step": 2100, "history": {"total_steps": 11100, "sessions": []}})
+    assert warm == {"checkpoint_step": 2100, "checkpoint_total_steps": 11100}
+    assert model_steps(warm) == "11,100 training steps (step 2,100 of its last run)"
+    fresh = checkpoint_fields({"step": 600})  # a run never warm-started has no history
+    assert model_steps(fresh) == "600 training steps"
+    assert model_steps({"checkpoint_step": 2100}) == "step 2100"  # results saved before totals were recorded

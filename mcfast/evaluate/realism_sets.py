@@ -201,6 +201,23 @@ def machine_line(info: dict) -> str:
         f", torch {info['torch']}, {info['torch_threads']} thread(s) in the scoring pass"
 
 
+def checkpoint_fields(config: dict) -> dict:
+    """What a report records about the weights it scored: ``checkpoint_step`` is the step of the run that
+    wrote them (what ``config.json`` calls ``step``), ``checkpoint_total_steps`` the steps of every
+    warm-started session together (its ``history``), the number a reader wants."""
+    total = (config.get("history") or {}).get("total_steps", config["step"])
+    return {"checkpoint_step": config["step"], "checkpoint_total_steps": total}
+
+
+def model_steps(results: dict) -> str:
+    """"11,100 training steps (step 2100 of its last run)" for a report; older results without the total
+    give "step 2100"."""
+    step, total = results["checkpoint_step"], results.get("checkpoint_total_steps")
+    if total is None:
+        return f"step {step}"
+    return f"{total:,} training steps" + (f" (step {step:,} of its last run)" if total != step else "")
+
+
 def fmt_auc(d: dict) -> str:
     return f"{d['auc']:.2f} [{d['auc_lo']:.2f}, {d['auc_hi']:.2f}]"
 
