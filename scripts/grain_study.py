@@ -7,9 +7,9 @@ The recipe's sampler at each (``sampler.deterministic_below``, ``sampler.eps_sca
 config's grid (steps below that timestep are DDIM η = 0 steps: no fresh noise where the network cannot
 remove it again; ε divided by eps_scale: more fine texture), the same items (recipe seed, indices
 0..n-1) for every pair; each set framed like the films and compared with training
-films, one per woman first (the validation women are never read): the hand-feature two-sample test
-(mcfast.evaluate.hand_features), the radial power spectrum bands and the gradient-magnitude histogram,
-beside a floor row (as many training films of other women against the same films). The config's rule
+films, one per woman first (the validation women are never read): the hand-feature and patch-CNN
+two-sample tests, the radial power spectrum bands of the whole image and of crops inside the breast
+(mcfast.evaluate.spectrum.interior_band_ratios) and the gradient-magnitude histogram, beside a floor row (as many training films of other women against the same films). The config's rule
 picks one pair. Writes docs/results/<[report] name>.{json,md}; the synthetic sets stay under --out.
 """
 from __future__ import annotations
@@ -26,7 +26,9 @@ import torch
 from mcfast.atomic import write_text
 from mcfast.evaluate.classifier import machine_info
 from mcfast.evaluate.hand_features import gradient_histogram, hand_feature_test
+from mcfast.evaluate.patch_cnn import patch_cnn_test
 from mcfast.evaluate.realism_sets import anatomy_groups, floor_subset, load_split, machine_line
+from mcfast.evaluate.spectrum import interior_band_ratios
 from mcfast.evaluate.two_sample import DEFAULT_BANDS, spectrum_band_ratios
 from mcfast.io.mammo import frame_model_images
 from mcfast.train.checkpoint import read_config
@@ -52,22 +54,33 @@ def make_set(cfg: dict, below: int, eps_scale: float, out: Path) -> tuple[np.nda
 
 
 def score(real: np.ndarray, groups: list[str], candidates: np.ndarray, cand_groups: list[str], s: dict) -> dict:
-    """The hand-feature two-sample test of ``candidates`` against ``real`` (folds grouped by woman: a
-    synthetic image belongs to the woman whose film guided it), the spectrum bands and the
+    """The two two-sample tests of ``candidates`` against ``real`` (hand features and the patch CNN; folds
+    grouped by woman: a synthetic image belongs to the woman whose film guided it), the whole-image
+    spectrum bands, the bands of crops inside the breast (the texture without the edge) and the
     gradient-histogram L1 distance."""
     test = hand_feature_test(real, candidates, folds=s["folds"], seed=s["seed"], n_boot=s["n_boot"],
                              groups_a=groups, groups_b=cand_groups)
+    cnn = patch_cnn_test(real, candidates, folds=s["folds"], seed=s["seed"], n_boot=s["n_boot"],
+                         groups_a=groups, groups_b=cand_groups)
     ratios = spectrum_band_ratios(real, candidates)
+    interior = interior_band_ratios(real, candidates, s["interior_crop"], s["interior_per_image"], s["seed"])
     grad_l1 = float(np.abs(gradient_histogram(candidates).mean(0) - gradient_histogram(real).mean(0)).sum())
     return {"hand_feature_auc": round(test["auc"], 4), "auc_lo": round(test["auc_lo"], 4),
-            "auc_hi": round(test["auc_hi"], 4), **{b: round(ratios[b], 4) for b in DEFAULT_BANDS},
+            "auc_hi": round(test["auc_hi"], 4), "patch_cnn_auc": round(cnn["auc"], 4),
+            "patch_cnn_lo": round(cnn["auc_lo"], 4), "patch_cnn_hi": round(cnn["auc_hi"], 4),
+            **{b: round(ratios[b], 4) for b in DEFAULT_BANDS},
+            **{f"interior_{b}": round(interior[b], 4) for b in DEFAULT_BANDS},
             "gradient_hist_l1": round(grad_l1, 4)}
 
 
-def pick(rows: list[dict]) -> dict:
-    """The config's rule: the smallest hand-feature AUC (rounded to 0.01); ties: the earlier grid entry."""
-    best = min(range(len(rows)), key=lambda k: (round(rows[k]["hand_feature_auc"], 2), k))
-    return {key: rows[best][key] for key in ("deterministic_below", "eps_scale")}
+def pick(rows: list[dict], synthesis: dict) -> dict:
+    """The config's rule (``pick_by``): the smallest ``"hand_feature_auc"`` or ``"patch_cnn_auc"``
+    (rounded to 0.01); ties: the earlier grid entry."""
+    by = synthesis.get("pick_by", "hand_feature_auc")
+    if by not in ("hand_feature_auc", "patch_cnn_auc"):
+        raise SystemExit(f"unknown pick_by {by!r}: hand_feature_auc or patch_cnn_auc")
+    best = min(range(len(rows)), key=lambda k: (round(rows[k][by], 2), k))
+    return {k: rows[best][k] for k in ("deterministic_below", "eps_scale")}
 
 
 def run(cfg: dict, out: Path) -> dict:
@@ -90,7 +103,7 @@ def run(cfg: dict, out: Path) -> dict:
         print(json.dumps(rows[-1]))
     step = read_config(REPO / d["checkpoint"])["step"]  # config.json only: the weights need not be read again
     return {"config": cfg, "checkpoint": d["checkpoint"], "checkpoint_step": step, "machine": machine_info(),
-            "n_reference": len(real), "n_reference_women": len(set(groups)), "rows": rows, "pick": pick(rows[1:])}
+            "n_reference": len(real), "n_reference_women": len(set(groups)), "rows": rows, "pick": pick(rows[1:], cfg["synthesis"])}
 
 
 def write_report(res: dict, path: Path) -> None:
@@ -102,15 +115,19 @@ def write_report(res: dict, path: Path) -> None:
              f"{cfg['synthesis']['n']} images per value (the same items), framed like the films, against "
              f"{res['n_reference']} training films of {res['n_reference_women']} women (the validation women "
              "are never read). " + machine_line(res["machine"]), "",
-             "| deterministic_below | eps_scale | hand-feature AUC [95 %] | "
-             "spectrum " + " / ".join(DEFAULT_BANDS) + " (× real) | gradient histogram L1 | s / image |",
-             "|---|---|---|---|---|---|"]
+             "| deterministic_below | eps_scale | hand-feature AUC [95 %] | patch-CNN AUC [95 %] | "
+             "spectrum " + " / ".join(DEFAULT_BANDS) + " (× real) | inside the breast " + " / ".join(DEFAULT_BANDS)
+             + " (× real) | gradient histogram L1 | s / image |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in res["rows"]:
         head = (r["set"] + " | – | " if r["deterministic_below"] is None
                 else f"{r['deterministic_below']} | {r['eps_scale']:.2f} | ")
         bands = " / ".join(f"{r[b]:.2f}" for b in DEFAULT_BANDS)
-        lines.append(f"| {head}{r['hand_feature_auc']:.2f} [{r['auc_lo']:.2f}, {r['auc_hi']:.2f}]"
-                     f" | {bands} | {r['gradient_hist_l1']:.3f} | {r['s_per_image'] or ''} |")
+        interior = " / ".join(f"{r[f'interior_{b}']:.2f}" for b in DEFAULT_BANDS) if "interior_high" in r else "–"
+        cnn = (f"{r['patch_cnn_auc']:.2f} [{r['patch_cnn_lo']:.2f}, {r['patch_cnn_hi']:.2f}]"
+               if "patch_cnn_auc" in r else "–")
+        lines.append(f"| {head}{r['hand_feature_auc']:.2f} [{r['auc_lo']:.2f}, {r['auc_hi']:.2f}] | {cnn}"
+                     f" | {bands} | {interior} | {r['gradient_hist_l1']:.3f} | {r['s_per_image'] or ''} |")
     lines += ["", f"Rule (fixed in the config before the run): {cfg['synthesis']['rule']} "
               f"**Pick: deterministic_below = {res['pick']['deterministic_below']}, "
               f"eps_scale = {res['pick']['eps_scale']:.2f}.**",

@@ -26,11 +26,25 @@ def _row(below: int, auc: float) -> dict:
 
 
 def test_pick_is_the_smallest_auc_rounded_ties_to_the_earlier_entry():
-    pick = _grain_study().pick
+    def pick(rows):
+        return _grain_study().pick(rows, {"pick_by": "hand_feature_auc"})
+
     assert pick([_row(0, 0.91), _row(100, 0.84), _row(200, 0.88)])["deterministic_below"] == 100
     # 0.8449 and 0.8401 both round to 0.84: the earlier grid entry wins
     assert pick([_row(0, 0.90), _row(100, 0.8449), _row(200, 0.8401)])["deterministic_below"] == 100
     assert pick([_row(0, 0.70), _row(100, 0.71)]) == {"deterministic_below": 0, "eps_scale": 1.0}
+
+
+def test_patch_cnn_rule_and_unknown_rules():
+    def row(below, hand, cnn):
+        return {"deterministic_below": below, "eps_scale": 1.0, "hand_feature_auc": hand, "patch_cnn_auc": cnn}
+
+    pick = _grain_study().pick
+    rows = [row(0, 0.81, 0.89), row(250, 0.87, 0.58), row(300, 0.84, 0.65)]
+    assert pick(rows, {"pick_by": "patch_cnn_auc"})["deterministic_below"] == 250
+    assert pick(rows, {"pick_by": "hand_feature_auc"})["deterministic_below"] == 0
+    with pytest.raises(SystemExit, match="pick_by"):
+        pick(rows, {"pick_by": "fid"})
 
 
 def test_the_mammography_recipes_carry_the_study_pick():
@@ -39,7 +53,7 @@ def test_the_mammography_recipes_carry_the_study_pick():
     grid = [tuple(pair) for pair in config["synthesis"]["grid"]]
     rows = study["rows"][1:]  # row 0 is the real-vs-real floor
     assert [(r["deterministic_below"], r["eps_scale"]) for r in rows] == grid
-    assert study["pick"] == _grain_study().pick(rows)
+    assert study["pick"] == _grain_study().pick(rows, config["synthesis"])
     for recipe in MG_RECIPES:
         sampler = load_recipe(REPO / "configs" / recipe).sampler
         assert sampler.deterministic_below == study["pick"]["deterministic_below"], recipe

@@ -207,3 +207,22 @@ def test_bad_crop_raises_input_error():
     a = _fields(0, n=4, size=32)
     with pytest.raises(InputError, match="crop 64"):
         ts.patch_cnn_test(a, a, folds=2, crop=64)
+
+
+def test_interior_crops_measure_the_texture_without_the_edge():
+    from mcfast.evaluate.spectrum import foreground_crops, interior_band_ratios
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:96, :96]
+    inside = (yy - 48) ** 2 + (xx - 10) ** 2 < 60 ** 2  # a "breast" against the left edge, blank elsewhere
+    smooth = np.where(inside, 0.2 + rng.normal(0, 0.01, (4, 96, 96)), -1.0).astype(np.float32)
+    grainy = np.where(inside, 0.2 + rng.normal(0, 0.03, (4, 96, 96)), -1.0).astype(np.float32)
+    crops = foreground_crops(smooth, 32, 5, seed=1)
+    assert crops.shape == (20, 32, 32) and (crops > -1 + 1e-3).all()  # never a padding pixel
+    assert np.array_equal(crops, foreground_crops(smooth, 32, 5, seed=1))  # seeded
+    ratios = interior_band_ratios(smooth, grainy, size=32, per_image=8)
+    assert ratios["high"] == pytest.approx(9.0, rel=0.25)  # noise std 3x: power 9x, edge or no edge
+    with pytest.raises(InputError, match="no 16x16 crop"):
+        foreground_crops(np.full((2, 32, 32), -1.0, np.float32), 16, 4)
+    with pytest.raises(InputError, match="crop size"):
+        foreground_crops(smooth, 200, 4)

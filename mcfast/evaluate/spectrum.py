@@ -96,3 +96,52 @@ def spectrum_band_ratios(real, other, bands: dict[str, tuple[float, float]] | No
     > 1 in "high" = more fine texture/noise than real, < 1 = smoother than real)."""
     pr, po = spectrum_bands(real, bands), spectrum_bands(other, bands)
     return {k: (po[k] / pr[k] if pr[k] > 0 else (1.0 if po[k] == 0 else math.inf)) for k in pr}
+
+
+def foreground_crops(images, size: int, per_image: int, seed: int = 0, background: float = -1.0,
+                     tolerance: float = 1e-3) -> np.ndarray:
+    """``per_image`` random ``size``² crops of every image, each lying wholly on pixels above
+    ``background + tolerance`` (the breast, not the blank padding around it): (K, size, size).
+
+    The spectrum of a whole framed mammogram mixes the tissue's texture with the breast edge and the
+    blank background, so a synthetic set whose edge is too soft and whose tissue is too grainy can match
+    the films' whole-image high band by cancellation; crops of the interior measure the texture alone.
+    An image without any such position contributes no crop; a set without any raises ``InputError``.
+    """
+    x = as_images(images, "images")
+    n, h, w = x.shape
+    if not (isinstance(size, (int, np.integer)) and 4 <= size <= min(h, w)):
+        raise InputError(f"crop size {size!r} must be an integer in [4, {min(h, w)}] for {h}x{w} images")
+    if per_image < 1:
+        raise InputError(f"per_image must be >= 1, got {per_image}")
+    rng = np.random.default_rng(seed)
+    crops = []
+    for img in x:
+        inside = np.pad((img > background + tolerance).astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+        count = inside[size:, size:] - inside[:-size, size:] - inside[size:, :-size] + inside[:-size, :-size]
+        ys, xs = np.nonzero(count == size * size)
+        if ys.size == 0:
+            continue
+        pick = rng.integers(0, ys.size, per_image)
+        crops += [img[y:y + size, x0:x0 + size] for y, x0 in zip(ys[pick], xs[pick])]
+    if not crops:
+        raise InputError(f"no {size}x{size} crop lies wholly inside the foreground of any of the {n} images")
+    return np.stack(crops)
+
+
+def interior_band_ratios(real, other, size: int = 64, per_image: int = 16, seed: int = 0,
+                         background: float = -1.0) -> dict[str, float]:
+    """:func:`spectrum_band_ratios` of :func:`foreground_crops` of ``other`` over those of ``real``: the
+    texture inside the breast (or body) alone, without the edge and the padding.
+
+    Each crop is Hann-windowed before its FFT. Unwindowed, the jump between a crop's opposite sides
+    (tissue density changes across 64 px) leaks power into every band; on 8 synthetic mammograms
+    against 40 films that leakage made a set whose windowed high band is 1.9x the films' read 0.99x.
+    """
+    window = np.outer(np.hanning(size), np.hanning(size)).astype(np.float32)
+
+    def windowed(images, crop_seed):
+        crops = foreground_crops(images, size, per_image, crop_seed, background)
+        return (crops - crops.mean((1, 2), keepdims=True)) * window
+
+    return spectrum_band_ratios(windowed(real, seed), windowed(other, seed + 1))
