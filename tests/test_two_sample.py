@@ -226,3 +226,25 @@ def test_interior_crops_measure_the_texture_without_the_edge():
         foreground_crops(np.full((2, 32, 32), -1.0, np.float32), 16, 4)
     with pytest.raises(InputError, match="crop size"):
         foreground_crops(smooth, 200, 4)
+
+
+def test_patch_cnn_region_tells_an_edge_difference_from_a_texture_one():
+    from mcfast.evaluate.patch_cnn import patch_cnn_test
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:64, :64]
+    inside = ((yy - 32) ** 2 + xx ** 2 < 44 ** 2).astype(np.float32)  # a breast against the left side
+
+    def films(n, soft_edge):
+        edge = gaussian_filter(inside, 3.0) if soft_edge else inside
+        tissue = 0.2 + rng.normal(0, 0.02, (n, 64, 64))
+        return np.where(inside > 0, -1 + edge * (tissue + 1), -1.0).astype(np.float32)
+
+    sharp, soft = films(12, False), films(12, True)  # same tissue texture; only the skin line differs
+    kwargs = dict(crop=16, crops_per_image=32, folds=3, epochs=5, n_boot=50)
+    edge = patch_cnn_test(sharp, soft, region="edge", **kwargs)
+    interior = patch_cnn_test(sharp, soft, region="interior", **kwargs)
+    assert edge["region"] == "edge" and edge["auc"] > 0.9
+    assert interior["auc"] < 0.8  # wholly inside the breast only the ramp's inner tail differs
+    with pytest.raises(InputError, match="region 'middle'"):
+        patch_cnn_test(sharp, soft, region="middle", **kwargs)

@@ -59,6 +59,21 @@ def _valid_positions(images: np.ndarray, crop: int, min_std: float) -> np.ndarra
     return out
 
 
+REGIONS = ("any", "interior", "edge")
+
+
+def _region_positions(images: np.ndarray, crop: int, region: str, background: float) -> np.ndarray:
+    """(N, H-crop+1, W-crop+1) bool: crop at (y, x) lies wholly on foreground (pixels above
+    ``background + 1e-3``: the breast or body) for "interior", holds both foreground and background
+    for "edge"; all True for "any"."""
+    n, h, w = images.shape
+    if region == "any":
+        return np.ones((n, h - crop + 1, w - crop + 1), bool)
+    s = np.pad((images > background + 1e-3).astype(np.int64).cumsum(1).cumsum(2), ((0, 0), (1, 0), (1, 0)))
+    count = s[:, crop:, crop:] - s[:, :-crop, crop:] - s[:, crop:, :-crop] + s[:, :-crop, :-crop]
+    return count == crop * crop if region == "interior" else (count > 0) & (count < crop * crop)
+
+
 def _sample_crops(images: np.ndarray, valid: np.ndarray, index: np.ndarray, n_crops: int, crop: int,
                   rng: np.random.Generator) -> np.ndarray:
     """``n_crops`` uniform random crops of each image ``index[j]``, among its non-constant positions
@@ -77,8 +92,8 @@ def _sample_crops(images: np.ndarray, valid: np.ndarray, index: np.ndarray, n_cr
 
 def patch_cnn_test(a, b, *, crop: int = 48, crops_per_image: int = 32, folds: int = 5, epochs: int = 5,
                    batch_size: int = 64, lr: float = 1e-3, min_std: float = 1e-3, seed: int = 0,
-                   n_boot: int = 1000, ci: float = 0.95, groups_a=None, groups_b=None,
-                   progress: Callable[[str], None] | None = None) -> dict:
+                   n_boot: int = 1000, ci: float = 0.95, groups_a=None, groups_b=None, region: str = "any",
+                   background: float = -1.0, progress: Callable[[str], None] | None = None) -> dict:
     """Patch-level CNN two-sample test: can a small CNN tell crops of ``a`` (label 0) from ``b`` (1)?
 
     Folds come from :func:`grouped_folds` (by image, or by ``groups_a``/``groups_b`` such as
@@ -94,6 +109,13 @@ def patch_cnn_test(a, b, *, crop: int = 48, crops_per_image: int = 32, folds: in
     scanner's field of view) are skipped when an image has any other position: such background
     is identical in both sets and would only dilute the test. Air *with* noise is kept (a noise
     difference there is a real difference).
+
+    ``region`` restricts the crops (training and test alike) to where a difference lies: "interior",
+    crops wholly inside the foreground (pixels above ``background``, model space: the breast or body),
+    or "edge", crops holding both foreground and background; "any" (default) leaves the positions as
+    above. An image with no crop in the region is scored from crops anywhere. On the 512² film-anatomy
+    mammograms of session 12 against the validation films (folds by image) "any" gave 0.83, "interior"
+    1.00 and "edge" 0.80: the tissue's texture gave them away more than the skin line.
 
     Runtime: two sets of 40 images of 256x256 with the defaults (crop 48, 32 crops per image,
     5 folds, 5 epochs) took about 50 s on one CPU thread (``torch.set_num_threads(1)``, on a
@@ -114,12 +136,14 @@ def patch_cnn_test(a, b, *, crop: int = 48, crops_per_image: int = 32, folds: in
             raise InputError(f"{name} must be an integer >= 1, got {value!r}")
     if not lr > 0:
         raise InputError(f"lr must be > 0, got {lr}")
+    if region not in REGIONS:
+        raise InputError(f"region {region!r} must be one of {', '.join(REGIONS)}")
     say = progress or (lambda msg: None)
     t0 = time.perf_counter()
     images = np.concatenate([a, b])
     labels = np.concatenate([np.zeros(len(a), np.int64), np.ones(len(b), np.int64)])
     splits = grouped_folds(labels, image_groups(groups_a, groups_b, len(a), len(b)), folds, seed)
-    valid = _valid_positions(images, crop, min_std)
+    valid = _valid_positions(images, crop, min_std) & _region_positions(images, crop, region, background)
     test_rng = np.random.default_rng([seed, 1])
     test_crops = torch.from_numpy(_sample_crops(images, valid, np.arange(len(images)), crops_per_image, crop,
                                                 test_rng))[:, None]
@@ -157,7 +181,7 @@ def patch_cnn_test(a, b, *, crop: int = 48, crops_per_image: int = 32, folds: in
         say(f"  patch CNN fold {f + 1}/{folds}: final train loss {loss_sum:.4f}")
     out = auc_with_interval(labels, scores, n_boot, ci, seed)
     out.update({"n_a": int(len(a)), "n_b": int(len(b)), "folds": int(folds), "crop": int(crop),
-                "crops_per_image": int(crops_per_image), "epochs": int(epochs),
+                "crops_per_image": int(crops_per_image), "epochs": int(epochs), "region": region,
                 "seconds": round(time.perf_counter() - t0, 3),
                 "scores_a": scores[: len(a)].tolist(), "scores_b": scores[len(a):].tolist()})
     return out
