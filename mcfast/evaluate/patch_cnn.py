@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from mcfast.errors import InputError
 from mcfast.evaluate.folds import check_pair, grouped_folds, image_groups
 from mcfast.evaluate.metrics import auc_with_interval
+from mcfast.evaluate.spectrum import foreground_counts
 
 
 class PatchCNN(nn.Module):
@@ -69,8 +70,7 @@ def _region_positions(images: np.ndarray, crop: int, region: str, background: fl
     n, h, w = images.shape
     if region == "any":
         return np.ones((n, h - crop + 1, w - crop + 1), bool)
-    s = np.pad((images > background + 1e-3).astype(np.int64).cumsum(1).cumsum(2), ((0, 0), (1, 0), (1, 0)))
-    count = s[:, crop:, crop:] - s[:, :-crop, crop:] - s[:, crop:, :-crop] + s[:, :-crop, :-crop]
+    count = foreground_counts(images, crop, background)
     return count == crop * crop if region == "interior" else (count > 0) & (count < crop * crop)
 
 

@@ -98,6 +98,14 @@ def spectrum_band_ratios(real, other, bands: dict[str, tuple[float, float]] | No
     return {k: (po[k] / pr[k] if pr[k] > 0 else (1.0 if po[k] == 0 else math.inf)) for k in pr}
 
 
+def foreground_counts(images: np.ndarray, size: int, background: float = -1.0,
+                      tolerance: float = 1e-3) -> np.ndarray:
+    """(N, H-size+1, W-size+1) int: how many pixels of the ``size``² window at (y, x) lie above
+    ``background + tolerance`` (the breast or body, not the padding), from integral images."""
+    s = np.pad((images > background + tolerance).astype(np.int64).cumsum(1).cumsum(2), ((0, 0), (1, 0), (1, 0)))
+    return s[:, size:, size:] - s[:, :-size, size:] - s[:, size:, :-size] + s[:, :-size, :-size]
+
+
 def foreground_crops(images, size: int, per_image: int, seed: int = 0, background: float = -1.0,
                      tolerance: float = 1e-3) -> np.ndarray:
     """``per_image`` random ``size``² crops of every image, each lying wholly on pixels above
@@ -116,9 +124,7 @@ def foreground_crops(images, size: int, per_image: int, seed: int = 0, backgroun
         raise InputError(f"per_image must be >= 1, got {per_image}")
     rng = np.random.default_rng(seed)
     crops = []
-    for img in x:
-        inside = np.pad((img > background + tolerance).astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
-        count = inside[size:, size:] - inside[:-size, size:] - inside[size:, :-size] + inside[:-size, :-size]
+    for img, count in zip(x, foreground_counts(x, size, background, tolerance)):
         ys, xs = np.nonzero(count == size * size)
         if ys.size == 0:
             continue
