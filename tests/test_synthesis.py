@@ -191,8 +191,54 @@ def test_prepared_folder_anatomy_draws_only_chest_slices(tmp_path):
         sources.add(Path(a.source).name)
         assert abs(float(np.median(a.values[chest > -500])) - float(np.median(chest[chest > -500]))) < 30
     assert sources == {"ct_000001.npy"}
+    # drawn patient first, the lung rule still holds (each DICOM file here is its own patient or one
+    # anonymous patient: either way only the chest slice passes)
+    for seed in range(3):
+        a = load_anatomy("ct", "prepared", str(tmp_path / "prep"), 64, seed, np.random.default_rng(seed), per_patient=True)
+        assert Path(a.source).name == "ct_000001.npy"
     with pytest.raises(InputError, match="prepared as 'ct'"):
         load_anatomy("mg", "prepared", str(tmp_path / "prep"), 64, 0, np.random.default_rng(0))
     prepare("ct", tmp_path / "dcm", tmp_path / "win", size=64, window="lung", progress=False)
     with pytest.raises(InputError, match="display window"):
         load_anatomy("ct", "prepared", str(tmp_path / "win"), 64, 0, np.random.default_rng(0))
+
+
+def test_a_setting_added_later_at_its_default_is_the_same_run():
+    """Provenance written before mcfast had a setting still resumes when the setting is at its default."""
+    from mcfast.synthesis.pipeline import same_recipe
+
+    new = json.loads(json.dumps(_recipe("mg").to_dict()))
+    new["pathology"] = [dict(new["pathology"][0])] if new["pathology"] else [{"size": [8, 10], "factor": 1}]
+    old = json.loads(json.dumps(new))
+    assert same_recipe(old, new)
+    del old["anatomy"]["padding_band"]  # written by an mcfast without the setting
+    assert same_recipe(old, new)
+    new["anatomy"]["padding_band"] = 3  # ... but not when the new run sets it
+    assert not same_recipe(old, new)
+    new["anatomy"]["padding_band"] = 0
+    del old["pathology"][0]["min_overlap"]  # a list item's setting: the same rule
+    new["pathology"][0]["min_overlap"] = 0.9  # PathologySpec's default
+    assert same_recipe(old, new)
+    new["pathology"][0]["min_overlap"] = 0.5
+    assert not same_recipe(old, new)
+    old["anatomy"]["unknown_old_key"] = 1  # a setting the new run lacks is a different run
+    assert not same_recipe(old, new)
+    assert not same_recipe(None, new) and same_recipe(None, None)
+
+
+def test_per_patient_draws_make_every_patient_equally_likely():
+    from mcfast.synthesis.sources import draw_order
+
+    patients = ["A"] * 8 + ["B", "C"]
+    for per_patient in (False, True):
+        order = draw_order(patients, np.random.default_rng(0), per_patient)
+        assert sorted(order) == list(range(10))  # every item is tried once
+    # patient first: a patient's items come together (two changes of patient in the whole order)
+    runs = [patients[k] for k in draw_order(patients, np.random.default_rng(1), True)]
+    assert sum(a != b for a, b in zip(runs, runs[1:])) == 2
+    first = {flag: np.array([patients[draw_order(patients, np.random.default_rng(s), flag)[0]] == "A"
+                             for s in range(600)]).mean() for flag in (False, True)}
+    assert first[False] == pytest.approx(0.8, abs=0.06)  # by item: A's 8 of 10 slices
+    assert first[True] == pytest.approx(1 / 3, abs=0.06)  # by patient: one of three
+    with pytest.raises(InputError, match="per_patient .* needs anatomy.source = 'prepared'"):
+        recipe_from_dict({"anatomy": {"source": "phantom", "per_patient": True}}, source="r.toml")

@@ -68,8 +68,36 @@ def _check_provenance(out: Path, provenance: dict) -> None:
     except (OSError, json.JSONDecodeError):
         raise InputError(f"{path}: unreadable provenance; use another --out") from None
     for key in ("recipe", "checkpoint_sha256", "n"):
-        if old.get(key) != provenance.get(key):
+        same = (same_recipe(old.get(key), provenance.get(key)) if key == "recipe"
+                else old.get(key) == provenance.get(key))
+        if not same:
             raise InputError(f"{out}: holds a run with a different {key}; use another --out to keep both")
+
+
+def same_recipe(old: dict | None, new: dict | None) -> bool:
+    """Whether two provenance recipes are one run. A setting that mcfast gained after ``old`` was written
+    (so ``old`` lacks it) counts as the same when ``new`` has it at its default: defaults change nothing,
+    and an interrupted run must resume after an upgrade."""
+    from dataclasses import asdict
+
+    from mcfast.synthesis.recipe import PathologySpec, Recipe
+
+    if old is None or new is None:
+        return old == new
+    defaults = json.loads(json.dumps(Recipe().to_dict()))
+    defaults["pathology"] = json.loads(json.dumps(asdict(PathologySpec())))  # the default of each list item
+
+    def same(o, n, d) -> bool:
+        if isinstance(o, dict) and isinstance(n, dict):
+            if set(o) - set(n):
+                return False
+            d = d if isinstance(d, dict) else {}
+            return all(same(o[k], n[k], d.get(k)) if k in o else (k in d and n[k] == d[k]) for k in n)
+        if isinstance(o, list) and isinstance(n, list) and isinstance(d, dict):
+            return len(o) == len(n) and all(same(a, b, d) for a, b in zip(o, n))
+        return o == n
+
+    return same(old, new, defaults)
 
 
 def _publish_provenance(out: Path, provenance: dict, rank: int) -> None:

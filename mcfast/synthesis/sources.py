@@ -157,27 +157,50 @@ def anatomy_from_array(modality: str, values: np.ndarray, size: int, source: str
 
 
 @functools.lru_cache(maxsize=4)
-def _prepared_items(path: str) -> tuple[list[Path], str]:
+def _prepared_items(path: str) -> tuple[list[Path], str, list[str]]:
+    """(item files, the modality it was prepared as, the patient / woman of each item; an item of a
+    manifest without patients is its own)."""
     from mcfast.io.datasets import read_manifest
 
     manifest = read_manifest(path)
     if manifest.get("normalisation", {}).get("kind") == "window":
         raise InputError(f"{path}: prepared with a display window, so its HU cannot be recovered; prepare the "
                          f"anatomy references with the full HU range (no --window)")
-    return [Path(path) / it["file"] for it in manifest["items"]], str(manifest.get("modality", ""))
+    items = manifest["items"]
+    return ([Path(path) / it["file"] for it in items], str(manifest.get("modality", "")),
+            [str(it.get("patient") or it["file"]) for it in items])
+
+
+def draw_order(patients: list[str], rng: np.random.Generator, per_patient: bool) -> list[int]:
+    """The order in which a prepared folder's items are tried as the reference (the first that passes
+    wins). Plain: a random permutation, so a patient with many slices is drawn as often as it has slices.
+    ``per_patient``: the patients in random order, each one's items in random order, so every patient is
+    as likely as any other to give the reference (a training split with 32 of its 105 slices from one
+    patient otherwise makes a third of the synthetic set that patient's anatomy)."""
+    if not per_patient:
+        return [int(k) for k in rng.permutation(len(patients))]
+    by_patient: dict[str, list[int]] = {}
+    for k, patient in enumerate(patients):
+        by_patient.setdefault(patient, []).append(k)
+    groups = list(by_patient.values())
+    order: list[int] = []
+    for g in rng.permutation(len(groups)):
+        group = groups[int(g)]
+        order += [group[int(j)] for j in rng.permutation(len(group))]
+    return order
 
 
 def _prepared_anatomy(modality: str, folder: Path, size: int, rng: np.random.Generator,
-                      slice_index: int) -> Anatomy:
-    """A random item (or item ``slice_index``) of a folder made by ``mcfast prepare`` (model space [-1, 1]);
-    for CT only items whose lungs leave room for lesions are drawn."""
+                      slice_index: int, per_patient: bool = False) -> Anatomy:
+    """A random item (or item ``slice_index``) of a folder made by ``mcfast prepare`` (model space [-1, 1]),
+    drawn by :func:`draw_order`; for CT only items whose lungs leave room for lesions are drawn."""
     from mcfast.io.images import read_npy
     from mcfast.synthesis.plan import from_model
 
-    files, prepared_as = _prepared_items(str(folder))
+    files, prepared_as, patients = _prepared_items(str(folder))
     if prepared_as and prepared_as != modality:
         raise InputError(f"{folder}: prepared as {prepared_as!r} images, the recipe is {modality!r}")
-    order = [slice_index] if slice_index >= 0 else [int(k) for k in rng.permutation(len(files))]
+    order = [slice_index] if slice_index >= 0 else draw_order(patients, rng, per_patient)
     if order[0] >= len(files):
         raise InputError(f"{folder}: slice_index {slice_index} outside 0..{len(files) - 1}")
     last_error = None
@@ -208,9 +231,10 @@ def _framed_breast_phantom(size: int, seed: int) -> Anatomy:
 
 
 def load_anatomy(modality: str, source: str, path: str, size: int, seed: int, rng: np.random.Generator,
-                 slice_index: int = -1, scan_circle: bool = False) -> Anatomy:
+                 slice_index: int = -1, scan_circle: bool = False, per_patient: bool = False) -> Anatomy:
     """The anatomy reference of one item: a phantom drawn from ``seed`` (a CT phantom with its
-    reconstruction circle when ``scan_circle``) or a real image from ``path``."""
+    reconstruction circle when ``scan_circle``) or a real image from ``path`` (a prepared folder's items
+    drawn patient first when ``per_patient``)."""
     if source == "phantom":
         if modality == "ct":
             from mcfast.anatomy.phantom import lung_phantom_with_masks
@@ -225,7 +249,7 @@ def load_anatomy(modality: str, source: str, path: str, size: int, seed: int, rn
         check_input_path(p)  # a symlink loop says so
         raise InputError(f"{p}: anatomy path not found")
     if source == "prepared":
-        return _prepared_anatomy(modality, p, size, rng, slice_index)
+        return _prepared_anatomy(modality, p, size, rng, slice_index, per_patient)
     if source == "folder":
         if not p.is_dir():
             raise InputError(f"{p}: anatomy.source = 'folder' needs a folder")
