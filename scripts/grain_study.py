@@ -1,17 +1,21 @@
-"""Where the sampler stops adding noise, and how much fine texture it keeps (training films only).
+"""Where the sampler stops adding noise, and how much fine texture it keeps (training split only).
 
     python scripts/grain_study.py [--config configs/grain_mg.toml] [--threads 1]
+    python scripts/grain_study.py --config configs/grain_ct.toml --out out/grain_ct --generate-only 0
     python scripts/grain_study.py --report-only      # rewrite the .md from the .json
 
 The recipe's sampler at each (``sampler.deterministic_below``, ``sampler.eps_scale``) pair of the
 config's grid (steps below that timestep are DDIM η = 0 steps: no fresh noise where the network cannot
 remove it again; ε divided by eps_scale: more fine texture), the same items (recipe seed, indices
-0..n-1) for every pair; each set framed like the films and compared with training
-films, one per woman first (the validation women are never read): the hand-feature and patch-CNN
-two-sample tests, the radial power spectrum bands of the whole image and of crops inside the breast
-(mcfast.evaluate.spectrum.interior_band_ratios) and the gradient-magnitude histogram, beside a floor
-row (as many training films of other women against the same films). The config's rule picks one
-pair. Writes docs/results/<[report] name>.{json,md}; the synthetic sets stay under --out.
+0..n-1) for every pair; each set (mammograms framed like the films) compared with training images,
+one per patient / woman first (the validation split is never read): the hand-feature test (and each
+of its feature families alone) and the patch-CNN test, the radial power spectrum bands of the whole
+image and of crops inside the foreground (the breast; for CT the scan circle:
+mcfast.evaluate.spectrum.interior_band_ratios) and the gradient-magnitude histogram, beside a floor row
+(as many training images of other patients / women against the same reference images). The config's
+rule picks one pair. Writes docs/results/<[report] name>.{json,md}; the synthetic sets stay under
+--out. ``--generate-only K`` makes grid entry K's set and stops (two such processes fill both cores);
+a later full run reuses the sets and the seconds per image they recorded.
 """
 from __future__ import annotations
 
@@ -26,114 +30,187 @@ import torch
 
 from mcfast.atomic import write_text
 from mcfast.evaluate.classifier import machine_info
-from mcfast.evaluate.hand_features import gradient_histogram, hand_feature_test
+from mcfast.evaluate.hand_features import FEATURE_GROUPS, gradient_histogram, hand_feature_test
 from mcfast.evaluate.patch_cnn import patch_cnn_test
 from mcfast.evaluate.realism_sets import (anatomy_groups, checkpoint_fields, floor_subset, load_split, machine_line,
                                           model_steps)
 from mcfast.evaluate.spectrum import interior_band_ratios
+from mcfast.evaluate.tissue import edge_profile
 from mcfast.evaluate.two_sample import DEFAULT_BANDS, spectrum_band_ratios
 from mcfast.io.mammo import frame_model_images
+from mcfast.synthesis.recipe import load_recipe
 from mcfast.train.checkpoint import read_config
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def make_set(cfg: dict, below: int, eps_scale: float, out: Path) -> tuple[np.ndarray, list[str], float]:
-    """The recipe's ``n`` items with these sampler settings (resumed from ``out``), framed; the anatomy
-    reference of each; and the seconds per image of the images made in this call (NaN when all were there)."""
+TIMING_FILE = "timing.json"  # seconds per image of the images a call made, kept beside the set
+
+
+def grid_entries(cfg: dict) -> list[dict]:
+    """The config's grid as settings: [deterministic_below, eps_scale] or [..., anatomy.padding_band]
+    (None: the recipe's own)."""
+    entries = []
+    for k, pair in enumerate(cfg["synthesis"]["grid"]):
+        if len(pair) not in (2, 3):
+            raise SystemExit(f"grid entry {k} = {pair!r}: [deterministic_below, eps_scale] or [..., padding_band]")
+        entries.append({"deterministic_below": int(pair[0]), "eps_scale": float(pair[1]),
+                        "padding_band": int(pair[2]) if len(pair) == 3 else None})
+    return entries
+
+
+def set_folder(out: Path, entry: dict) -> Path:
+    band = "" if entry["padding_band"] is None else f"_band_{entry['padding_band']}"
+    return out / f"below_{entry['deterministic_below']}_eps_{entry['eps_scale']:.2f}{band}"
+
+
+def make_set(cfg: dict, entry: dict, out: Path) -> tuple[np.ndarray, list[str], float]:
+    """The recipe's ``n`` items with a grid entry's settings (resumed from ``out``), mammograms framed; the
+    anatomy reference of each; and the seconds per image (this call's, else the one recorded by the call
+    that made them; NaN when unknown)."""
     from mcfast.api import Synthesizer, build_recipe
 
     d, n = cfg["data"], cfg["synthesis"]["n"]
-    recipe = build_recipe(REPO / d["recipe"], deterministic_below=below, eps_scale=eps_scale, formats=["npy"])
-    synthesizer = Synthesizer.from_pretrained(REPO / d["checkpoint"], recipe=recipe, precision=d["precision"])
+    anatomy = None if entry["padding_band"] is None else {"padding_band": entry["padding_band"]}
+    recipe = build_recipe(REPO / d["recipe"], deterministic_below=entry["deterministic_below"],
+                          eps_scale=entry["eps_scale"], anatomy=anatomy, formats=["npy"])
+    synthesizer = Synthesizer.from_pretrained(REPO / d["checkpoint"], recipe=recipe, precision=d["precision"],
+                                              channels_last=True)
     t0 = time.perf_counter()
     result = synthesizer.synthesize(n, out, progress=True)
-    per_image = (time.perf_counter() - t0) / result.written if result.written else float("nan")
+    if result.written:
+        per_image = (time.perf_counter() - t0) / result.written
+        write_text(out / TIMING_FILE, json.dumps({"seconds_per_image": round(per_image, 2), "images_timed": result.written,
+                                                  "threads": torch.get_num_threads()}) + "\n")
+    elif (out / TIMING_FILE).is_file():
+        per_image = json.loads((out / TIMING_FILE).read_text())["seconds_per_image"]
+    else:
+        per_image = float("nan")
     images = np.stack([np.load(out / f"{k:06d}" / "image.npy") for k in range(n)])
     anatomy = [json.loads((out / f"{k:06d}" / "meta.json").read_text())["anatomy"] for k in range(n)]
-    framed, _ = frame_model_images(images)
-    return framed, anatomy, per_image
+    if recipe.modality == "mg":
+        images, _ = frame_model_images(images)
+    return images, anatomy, per_image
 
 
 def score(real: np.ndarray, groups: list[str], candidates: np.ndarray, cand_groups: list[str], s: dict) -> dict:
-    """The two two-sample tests of ``candidates`` against ``real`` (hand features and the patch CNN; folds
-    grouped by woman: a synthetic image belongs to the woman whose film guided it), the whole-image
-    spectrum bands, the bands of crops inside the breast (the texture without the edge) and the
-    gradient-histogram L1 distance."""
+    """The two two-sample tests of ``candidates`` against ``real`` (hand features, each of its families
+    alone, and the patch CNN; folds grouped by patient / woman: a synthetic image belongs to the one whose
+    image guided it), the whole-image spectrum bands, the bands of crops inside the foreground (the
+    texture without the edge) and the gradient-histogram L1 distance."""
     test = hand_feature_test(real, candidates, folds=s["folds"], seed=s["seed"], n_boot=s["n_boot"],
                              groups_a=groups, groups_b=cand_groups)
     cnn = patch_cnn_test(real, candidates, folds=s["folds"], seed=s["seed"], n_boot=s["n_boot"],
                          groups_a=groups, groups_b=cand_groups)
     ratios = spectrum_band_ratios(real, candidates)
     interior = interior_band_ratios(real, candidates, s["interior_crop"], s["interior_per_image"], s["seed"])
+    edge = {"edge_profile": [round(v, 4) for v in edge_profile(candidates, s["edge_depth"])]} if "edge_depth" in s else {}
     grad_l1 = float(np.abs(gradient_histogram(candidates).mean(0) - gradient_histogram(real).mean(0)).sum())
     return {"hand_feature_auc": round(test["auc"], 4), "auc_lo": round(test["auc_lo"], 4),
-            "auc_hi": round(test["auc_hi"], 4), "patch_cnn_auc": round(cnn["auc"], 4),
+            "auc_hi": round(test["auc_hi"], 4), "hand_families": test["group_auc"], "patch_cnn_auc": round(cnn["auc"], 4),
             "patch_cnn_lo": round(cnn["auc_lo"], 4), "patch_cnn_hi": round(cnn["auc_hi"], 4),
             **{b: round(ratios[b], 4) for b in DEFAULT_BANDS},
             **{f"interior_{b}": round(interior[b], 4) for b in DEFAULT_BANDS},
-            "gradient_hist_l1": round(grad_l1, 4)}
+            "gradient_hist_l1": round(grad_l1, 4), **edge}
+
+
+PICK_BY = {"hand_feature_auc": lambda r: r["hand_feature_auc"], "patch_cnn_auc": lambda r: r["patch_cnn_auc"],
+           # Both tests have a target, so the worse of the two is what a pair must bring down.
+           "worse_auc": lambda r: max(r["hand_feature_auc"], r["patch_cnn_auc"])}
 
 
 def pick(rows: list[dict], synthesis: dict) -> dict:
-    """The config's rule (``pick_by``): the smallest ``"hand_feature_auc"`` or ``"patch_cnn_auc"``
-    (rounded to 0.01); ties: the earlier grid entry."""
+    """The config's rule (``pick_by``): the smallest ``"hand_feature_auc"``, ``"patch_cnn_auc"`` or
+    ``"worse_auc"`` (the larger of the two; rounded to 0.01); ties: the earlier grid entry."""
     by = synthesis.get("pick_by", "hand_feature_auc")
-    if by not in ("hand_feature_auc", "patch_cnn_auc"):
-        raise SystemExit(f"unknown pick_by {by!r}: hand_feature_auc or patch_cnn_auc")
-    best = min(range(len(rows)), key=lambda k: (round(rows[k][by], 2), k))
-    return {k: rows[best][k] for k in ("deterministic_below", "eps_scale")}
+    if by not in PICK_BY:
+        raise SystemExit(f"unknown pick_by {by!r}: one of {', '.join(PICK_BY)}")
+    best = min(range(len(rows)), key=lambda k: (round(PICK_BY[by](rows[k]), 2), k))
+    return {k: rows[best][k] for k in ("deterministic_below", "eps_scale", "padding_band") if k in rows[best]}
+
+
+def words(cfg: dict) -> dict[str, str]:
+    """How the report names the real images, whom they belong to and their foreground (config [report])."""
+    r = cfg["report"]
+    return {"images": r.get("images", "films"), "people": r.get("people", "women"),
+            "foreground": r.get("foreground", "the breast")}
+
+
+def generate_only(cfg: dict, out: Path, entry: int) -> None:
+    """Make grid entry ``entry``'s set (resumed) and nothing else."""
+    grid = grid_entries(cfg)
+    if not 0 <= entry < len(grid):
+        raise SystemExit(f"--generate-only {entry}: the grid has entries 0..{len(grid) - 1}")
+    _, _, per_image = make_set(cfg, grid[entry], set_folder(out, grid[entry]))
+    print(f"{set_folder(out, grid[entry])}: {per_image} s / image")
 
 
 def run(cfg: dict, out: Path) -> dict:
-    d, s = cfg["data"], cfg["scoring"]
-    images, women, files = load_split(REPO / d["prepared"])
-    ref_idx = floor_subset(women, s["n_reference"], s["seed"])
-    real, groups = images[ref_idx], [women[k] for k in ref_idx]
-    # The floor: as many films as each set has, one each from women outside the reference.
-    others = [k for k in floor_subset(women, len(women), s["seed"] + 1) if women[k] not in set(groups)]
+    d, s, w = cfg["data"], cfg["scoring"], words(cfg)
+    images, people, files = load_split(REPO / d["prepared"])
+    ref_idx = floor_subset(people, s["n_reference"], s["seed"])
+    real, groups = images[ref_idx], [people[k] for k in ref_idx]  # prepared mammograms are framed already
+    # The floor: as many images as each set has, one each from patients / women outside the reference.
+    others = [k for k in floor_subset(people, len(people), s["seed"] + 1) if people[k] not in set(groups)]
     floor_idx = others[:cfg["synthesis"]["n"]]
-    rows = [{"deterministic_below": None, "eps_scale": None, "set": "floor: training films of other women",
-             **score(real, groups, images[floor_idx], [women[k] for k in floor_idx], s), "s_per_image": None}]
-    for below, eps_scale in cfg["synthesis"]["grid"]:
-        below, eps_scale = int(below), float(eps_scale)
-        synthetic, anatomy, per_image = make_set(cfg, below, eps_scale, out / f"below_{below}_eps_{eps_scale:.2f}")
-        synthetic_groups = anatomy_groups(anatomy, files, women)
-        rows.append({"deterministic_below": below, "eps_scale": eps_scale,
-                     **score(real, groups, synthetic, synthetic_groups, s),
+    if len(floor_idx) < cfg["synthesis"]["n"]:
+        raise SystemExit(f"the floor needs {cfg['synthesis']['n']} {w['people']} outside the {len(set(groups))} of the "
+                         f"reference; the training split has {len(set(people))}: lower [scoring] n_reference")
+    rows = [{"deterministic_below": None, "eps_scale": None, "set": f"floor: training {w['images']} of other {w['people']}",
+             **score(real, groups, images[floor_idx], [people[k] for k in floor_idx], s), "s_per_image": None}]
+    for entry in grid_entries(cfg):
+        synthetic, anatomy, per_image = make_set(cfg, entry, set_folder(out, entry))
+        synthetic_groups = anatomy_groups(anatomy, files, people)
+        settings = {k: v for k, v in entry.items() if v is not None}
+        rows.append({**settings, **score(real, groups, synthetic, synthetic_groups, s),
                      "s_per_image": None if np.isnan(per_image) else round(per_image, 1)})
         print(json.dumps(rows[-1]))
     config = read_config(REPO / d["checkpoint"])  # config.json only: the weights need not be read again
     return {"config": cfg, "checkpoint": d["checkpoint"], **checkpoint_fields(config), "machine": machine_info(),
-            "n_reference": len(real), "n_reference_women": len(set(groups)), "rows": rows,
+            "n_reference": len(real), "n_reference_people": len(set(groups)), "rows": rows,
             "pick": pick(rows[1:], cfg["synthesis"])}
 
 
 def write_report(res: dict, path: Path) -> None:
-    cfg = res["config"]
+    cfg, w, rows = res["config"], words(res["config"]), res["rows"]
+    framed = ", framed like the films," if load_recipe(REPO / cfg["data"]["recipe"]).modality == "mg" else ""
+    with_band = any("padding_band" in r for r in rows)
+    with_edge = any("edge_profile" in r for r in rows)
+    depth = cfg["scoring"].get("edge_depth")
+    columns = (["deterministic_below", "eps_scale"] + (["padding_band"] if with_band else [])
+               + ["hand-feature AUC [95 %]", "hand families: " + " / ".join(FEATURE_GROUPS), "patch-CNN AUC [95 %]",
+                  "spectrum " + " / ".join(DEFAULT_BANDS) + " (× real)",
+                  f"inside {w['foreground']} " + " / ".join(DEFAULT_BANDS) + " (× real)", "gradient histogram L1"]
+               + ([f"mean intensity 1 ... {depth} px from the background"] if with_edge else []) + ["s / image"])
     lines = [f"# {cfg['report']['title']}", "",
              f"Generated by `python scripts/grain_study.py --config {res['config_path']}`; every number is in "
              f"`{cfg['report']['name']}.json` beside this file.",
              f"Recipe `{cfg['data']['recipe']}`, model `{res['checkpoint']}`, {model_steps(res)}; "
-             f"{cfg['synthesis']['n']} images per value (the same items), framed like the films, against "
-             f"{res['n_reference']} training films of {res['n_reference_women']} women (the validation women "
-             "are never read). " + machine_line(res["machine"]), "",
-             "| deterministic_below | eps_scale | hand-feature AUC [95 %] | patch-CNN AUC [95 %] | "
-             "spectrum " + " / ".join(DEFAULT_BANDS) + " (× real) | inside the breast " + " / ".join(DEFAULT_BANDS)
-             + " (× real) | gradient histogram L1 | s / image |",
-             "|---|---|---|---|---|---|---|---|"]
-    for r in res["rows"]:
-        head = (r["set"] + " | – | " if r["deterministic_below"] is None
-                else f"{r['deterministic_below']} | {r['eps_scale']:.2f} | ")
-        bands = " / ".join(f"{r[b]:.2f}" for b in DEFAULT_BANDS)
-        interior = " / ".join(f"{r[f'interior_{b}']:.2f}" for b in DEFAULT_BANDS) if "interior_high" in r else "–"
-        cnn = (f"{r['patch_cnn_auc']:.2f} [{r['patch_cnn_lo']:.2f}, {r['patch_cnn_hi']:.2f}]"
-               if "patch_cnn_auc" in r else "–")
-        lines.append(f"| {head}{r['hand_feature_auc']:.2f} [{r['auc_lo']:.2f}, {r['auc_hi']:.2f}] | {cnn}"
-                     f" | {bands} | {interior} | {r['gradient_hist_l1']:.3f} | {r['s_per_image'] or ''} |")
+             f"{cfg['synthesis']['n']} images per value (the same items){framed} against "
+             f"{res['n_reference']} training {w['images']} of {res['n_reference_people']} {w['people']} (the validation "
+             f"{w['people']} are never read). " + machine_line(res["machine"]), "",
+             "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for r in rows:
+        if r["deterministic_below"] is None:
+            head = [r["set"], "–"] + (["–"] if with_band else [])
+        else:
+            head = ([str(r["deterministic_below"]), f"{r['eps_scale']:.2f}"]
+                    + ([str(r.get("padding_band", "recipe's"))] if with_band else []))
+        cells = head + [
+            f"{r['hand_feature_auc']:.2f} [{r['auc_lo']:.2f}, {r['auc_hi']:.2f}]",
+            " / ".join(f"{r['hand_families'][f]:.2f}" for f in FEATURE_GROUPS) if "hand_families" in r else "–",
+            f"{r['patch_cnn_auc']:.2f} [{r['patch_cnn_lo']:.2f}, {r['patch_cnn_hi']:.2f}]" if "patch_cnn_auc" in r else "–",
+            " / ".join(f"{r[b]:.2f}" for b in DEFAULT_BANDS),
+            " / ".join(f"{r[f'interior_{b}']:.2f}" for b in DEFAULT_BANDS) if "interior_high" in r else "–",
+            f"{r['gradient_hist_l1']:.3f}"]
+        if with_edge:
+            cells.append(", ".join(f"{v:.2f}" for v in r["edge_profile"]) if "edge_profile" in r else "–")
+        cells.append(str(r["s_per_image"] or ""))
+        lines.append("| " + " | ".join(cells) + " |")
+    picked = ", ".join(f"{k} = {v:.2f}" if k == "eps_scale" else f"{k} = {v}" for k, v in res["pick"].items())
     lines += ["", f"Rule (the config's; its comments tell how it was chosen): {cfg['synthesis']['rule']} "
-              f"**Pick: deterministic_below = {res['pick']['deterministic_below']}, "
-              f"eps_scale = {res['pick']['eps_scale']:.2f}.**",
+              f"**Pick: {picked}.**" + ("" if cfg["synthesis"].get("apply", True) else
+                                        f" **Not applied**: {cfg['synthesis']['not_applied_because']}"),
               "An empty s / image: that set was made earlier (by an interrupted call of the script, or by another run"
               " of the same recipe, seed and sampler settings) and reused.", ""]
     write_text(path, "\n".join(lines))
@@ -142,18 +219,29 @@ def write_report(res: dict, path: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", type=Path, default=REPO / "configs" / "grain_mg.toml")
-    ap.add_argument("--out", type=Path, default=REPO / "out" / "grain_mg", help="synthetic sets (kept, resumed)")
+    ap.add_argument("--out", type=Path, default=None, help="synthetic sets, kept and resumed (default out/<[report] name>)")
     ap.add_argument("--results", type=Path, default=REPO / "docs" / "results")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--generate-only", type=int, metavar="K", help="make grid entry K's set, then stop")
     args = ap.parse_args()
     cfg = tomllib.loads(args.config.read_text())
     name = cfg["report"]["name"]
+    out = args.out or REPO / "out" / name
+    if args.generate_only is not None:
+        torch.set_num_threads(args.threads)
+        generate_only(cfg, out, args.generate_only)
+        return
     if args.report_only:
         res = json.loads((args.results / f"{name}.json").read_text())
+        # Whether the recipes take the pick is a decision recorded in the config, not a measurement.
+        decision = {k: cfg["synthesis"][k] for k in ("apply", "not_applied_because") if k in cfg["synthesis"]}
+        if decision:
+            res["config"]["synthesis"].update(decision)
+            write_text(args.results / f"{name}.json", json.dumps(res, indent=1, default=float) + "\n")
     else:
         torch.set_num_threads(args.threads)
-        res = {"config_path": str(args.config.resolve().relative_to(REPO)), **run(cfg, args.out)}
+        res = {"config_path": str(args.config.resolve().relative_to(REPO)), **run(cfg, out)}
         args.results.mkdir(parents=True, exist_ok=True)
         write_text(args.results / f"{name}.json", json.dumps(res, indent=1, default=float) + "\n")
     write_report(res, args.results / f"{name}.md")

@@ -47,14 +47,44 @@ def test_patch_cnn_rule_and_unknown_rules():
         pick(rows, {"pick_by": "fid"})
 
 
-def test_the_mammography_recipes_carry_the_study_pick():
-    study = json.loads((REPO / "docs" / "results" / "grain_mg.json").read_text())
-    config = tomllib.loads((REPO / "configs" / "grain_mg.toml").read_text())
+def test_worse_auc_rule_brings_down_the_larger_of_the_two_tests():
+    def row(below, hand, cnn):
+        return {"deterministic_below": below, "eps_scale": 1.0, "hand_feature_auc": hand, "patch_cnn_auc": cnn}
+
+    pick = _grain_study().pick
+    # 250 has the best patch CNN but the worst hand test; 150 is the best on the worse of its two
+    rows = [row(0, 0.82, 0.60), row(150, 0.66, 0.64), row(250, 0.80, 0.52)]
+    assert pick(rows, {"pick_by": "worse_auc"})["deterministic_below"] == 150
+    assert pick(rows, {"pick_by": "patch_cnn_auc"})["deterministic_below"] == 250
+    # worse AUCs 0.6649 and 0.6551 both round to 0.66: the earlier grid entry wins
+    rows = [row(0, 0.6649, 0.50), row(150, 0.50, 0.6551)]
+    assert pick(rows, {"pick_by": "worse_auc"})["deterministic_below"] == 0
+
+
+@pytest.mark.parametrize("study_name, recipes", [
+    ("grain_mg", MG_RECIPES),
+    ("grain_ct", ("lung_ct_real512.toml", "lung_ct_phantom512.toml")),
+])
+def test_the_recipes_carry_the_study_pick(study_name, recipes):
+    study = json.loads((REPO / "docs" / "results" / f"{study_name}.json").read_text())
+    config = tomllib.loads((REPO / "configs" / f"{study_name}.toml").read_text())
     grid = [tuple(pair) for pair in config["synthesis"]["grid"]]
     rows = study["rows"][1:]  # row 0 is the real-vs-real floor
     assert [(r["deterministic_below"], r["eps_scale"]) for r in rows] == grid
     assert study["pick"] == _grain_study().pick(rows, config["synthesis"])
-    for recipe in MG_RECIPES:
+    for recipe in recipes:
         sampler = load_recipe(REPO / "configs" / recipe).sampler
         assert sampler.deterministic_below == study["pick"]["deterministic_below"], recipe
         assert sampler.eps_scale == pytest.approx(study["pick"]["eps_scale"]), recipe
+
+
+def test_the_edge_study_pick_is_withheld_with_its_reason():
+    study = json.loads((REPO / "docs" / "results" / "edge_mg.json").read_text())
+    config = tomllib.loads((REPO / "configs" / "edge_mg.toml").read_text())
+    rows = study["rows"][1:]
+    assert [[r["deterministic_below"], r["eps_scale"], r["padding_band"]] for r in rows] == config["synthesis"]["grid"]
+    assert study["pick"] == _grain_study().pick(rows, config["synthesis"])
+    assert config["synthesis"]["apply"] is False and config["synthesis"]["not_applied_because"]
+    anatomy = load_recipe(REPO / "configs" / "mammo_mias512.toml").anatomy
+    assert anatomy.padding_band == 0 and anatomy.keep_padding
+    assert "Not applied" in (REPO / "docs" / "results" / "edge_mg.md").read_text()

@@ -146,3 +146,46 @@ def test_mammogram_background_is_kept_exactly(tmp_path):
                                "pathology": []}, source="t.toml")
     item = synth.generate(n=1, recipe=recipe, anatomy=anatomy.values)[0]
     assert np.array_equal(item.model_image[blank], np.full(blank.sum(), -1.0, np.float32))
+
+
+def test_padding_band_holds_the_reference_edge_too(tmp_path):
+    """With padding_band = k the sample is the reference on the padding and on the k pixels beside it
+    (a film's skin line), and the model's own beyond them."""
+    from mcfast.api import Synthesizer
+    from mcfast.synthesis.plan import to_model
+    from mcfast.synthesis.sources import load_anatomy
+
+    anatomy = load_anatomy("mg", "phantom", "", SIZE, 5, np.random.default_rng(0))
+    reference = to_model("mg", anatomy.values)
+    blank = padding_mask(reference)
+    condition = padding_condition(reference, band=3)
+    held = condition.weight.numpy() > 0
+    distance = ndimage.distance_transform_edt(~blank)
+    assert np.array_equal(held, distance <= 3) and (held & ~blank).sum() > 0
+    assert np.array_equal(padding_condition(reference, band=0).weight.numpy() > 0, blank)
+
+    run = make_tiny_run(tmp_path / "run", SIZE, "mg", live_output=True)
+    synth = Synthesizer.from_pretrained(run)
+
+    def recipe(band):
+        return recipe_from_dict({"recipe": {"modality": "mg", "image_size": SIZE, "seed": 0},
+                                 "sampler": {"steps": "6", "batch_size": 1},
+                                 "anatomy": {"source": "phantom", "factor": 4, "stop_step": 200, "keep_padding": True,
+                                             "padding_band": band}, "pathology": []}, source="t.toml")
+    item = synth.generate(n=1, recipe=recipe(3), anatomy=anatomy.values)[0].model_image
+    plain = synth.generate(n=1, recipe=recipe(0), anatomy=anatomy.values)[0].model_image
+    band = held & ~blank
+    assert np.allclose(item[band], reference[band], atol=1e-5)
+    assert not np.allclose(plain[band], reference[band], atol=1e-2)  # without the band the model draws its own edge
+    inside = distance > 6
+    assert not np.allclose(item[inside], reference[inside], atol=1e-2)
+
+
+def test_padding_band_needs_keep_padding_and_a_sane_width():
+    with pytest.raises(InputError, match="padding_band = 2 .* needs anatomy.keep_padding = true"):
+        recipe_from_dict({"anatomy": {"padding_band": 2}}, source="r.toml")
+    with pytest.raises(InputError, match=r"padding_band = 9 must lie in \[0, image_size/8 = 8\]"):
+        recipe_from_dict({"recipe": {"image_size": SIZE}, "anatomy": {"keep_padding": True, "padding_band": 9}},
+                         source="r.toml")
+    with pytest.raises(InputError, match="padding_band must be an integer"):
+        recipe_from_dict({"anatomy": {"keep_padding": True, "padding_band": 2.5}}, source="r.toml")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from mcfast.anatomy.breast_phantom import breast_phantom
-from mcfast.evaluate.realism_sets import downsampled_sets, floor_subset, resize_masks, two_sample_targets
+from mcfast.evaluate.realism_sets import downsampled_sets, floor_subset, resize_masks, scaled_recipe, two_sample_targets
 from mcfast.evaluate.two_sample import breast_intensity_distance
 from mcfast.io.mammo import frame_model_images, prepare_mammogram
 
@@ -63,6 +63,16 @@ def test_downsampled_sets_and_masks():
     assert small.shape == (1, 4, 4) and small[0].sum() == 4 and small[0, 1:3, 1:3].all()
 
 
+def test_scaled_recipe_scales_pixel_settings_with_the_image(tmp_path):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('[recipe]\nmodality = "mg"\nimage_size = 512\n[anatomy]\nfactor = 8\nkeep_padding = true\n'
+                      'padding_band = 4\n[[pathology]]\nsize = [40, 60]\nfactor = 2\n')
+    r = scaled_recipe(recipe, 256)
+    assert (r.image_size, r.anatomy.factor, r.anatomy.padding_band) == (256, 4, 2)
+    assert (r.pathology[0].size, r.pathology[0].factor) == ((20, 30), 1)
+    assert scaled_recipe(recipe, 512).anatomy.padding_band == 4
+
+
 def test_targets_use_the_anatomy_margin():
     floor = {"patch_cnn": {"auc": 0.5}, "hand_features": {"auc": 0.5}}
     r = {"patch_cnn": {"auc": 0.62}, "hand_features": {"auc": 0.55}, "spectrum_ratio": {"mid": 1.1, "high": 0.7},
@@ -92,3 +102,20 @@ def test_prepared_mias_split_keeps_each_woman_on_one_side():
     assert all(len(s) == 1 for s in sides.values())
     val_women = [w for w, s in sides.items() if s == {"val"}]
     assert len(val_women) >= 0.2 * len(sides)
+
+
+def test_edge_profile_tells_a_step_from_a_ramp():
+    from mcfast.evaluate.tissue import edge_profile
+
+    img = np.full((64, 64), -1.0, np.float32)
+    img[:, 20:] = 0.2  # a step: tissue at full level from the first pixel beside the background
+    ramp = img.copy()
+    for k, v in enumerate((-0.8, -0.5, -0.2, 0.0)):
+        ramp[:, 20 + k] = v  # a 4-pixel ramp up to the same level
+    assert edge_profile(img[None], depth=5) == pytest.approx([0.2] * 5)
+    assert edge_profile(ramp[None], depth=5) == pytest.approx([-0.8, -0.5, -0.2, 0.0, 0.2])
+    # pooled over a set, NaN where no image reaches (no background at all)
+    tissue_only = np.zeros((1, 64, 64), np.float32)
+    assert np.isnan(edge_profile(tissue_only, depth=2)).all()
+    with pytest.raises(Exception, match="depth"):
+        edge_profile(img[None], depth=0)

@@ -59,11 +59,12 @@ def floor_subset(patients: list[str], n: int, seed: int) -> list[int]:
 
 
 def scaled_recipe(path: Path, size: int, steps: str | None = None):
-    """A 512² recipe at ``size``: ILVR factors and lesion sizes scale with the image."""
+    """A 512² recipe at ``size``: ILVR factors, lesion sizes and the padding band scale with the image."""
     r = load_recipe(path)
     scale = size / RECIPE_SIZE
     r.image_size = size
     r.anatomy.factor = max(1, int(round(r.anatomy.factor * scale)))
+    r.anatomy.padding_band = int(round(r.anatomy.padding_band * scale))
     for p in r.pathology:
         p.factor = max(1, int(round(p.factor * scale)))
         p.size = (max(4, int(round(p.size[0] * scale))), max(4, int(round(p.size[1] * scale))))

@@ -1,5 +1,5 @@
-"""Tissue intensity descriptors of image sets: median HU per tissue inside the body (CT) and the distance
-between the breast-area intensity distributions (MG).
+"""Tissue intensity descriptors of image sets: median HU per tissue inside the body (CT), the distance
+between the breast-area intensity distributions and the intensity profile across the breast edge (MG).
 """
 from __future__ import annotations
 
@@ -44,6 +44,28 @@ def breast_intensity_distance(real, other, n_bins: int = 256) -> dict:
     cdf_b = np.cumsum(np.histogram(np.clip(b, 0, 1), edges)[0]) / b.size
     return {"wasserstein": float(np.abs(cdf_a - cdf_b).sum() / n_bins),
             "median_real": float(np.median(a)), "median_other": float(np.median(b))}
+
+
+def edge_profile(images_model_space, depth: int = 6) -> list[float]:
+    """Mean intensity (model space) of the pixels 1, 2, ..., ``depth`` pixels from the blank background
+    (:func:`mcfast.anatomy.masks.padding_mask`; Euclidean distance rounded to the nearest pixel), pooled
+    over a set: a film's skin line is a step there, a sampler's a ramp. NaN at a distance no image has."""
+    from mcfast.anatomy.masks import padding_mask
+
+    x = as_images(images_model_space, "images")
+    if not (isinstance(depth, (int, np.integer)) and depth >= 1):
+        raise InputError(f"edge_profile depth must be an integer >= 1, got {depth!r}")
+    sums, counts = np.zeros(depth + 1), np.zeros(depth + 1)
+    for img in x:
+        blank = padding_mask(img)
+        if not blank.any():
+            continue
+        ring = np.rint(ndi.distance_transform_edt(~blank)).astype(np.int64)
+        inside = (ring >= 1) & (ring <= depth)
+        sums += np.bincount(ring[inside], weights=img[inside].astype(np.float64), minlength=depth + 1)
+        counts += np.bincount(ring[inside], minlength=depth + 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return [float(v) for v in (sums / counts)[1:]]
 
 
 def body_mask(hu: np.ndarray, threshold: float = BODY_THRESHOLD_HU) -> np.ndarray:

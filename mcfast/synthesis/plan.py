@@ -69,7 +69,8 @@ def plan_item(recipe: Recipe, index: int, anatomy: Anatomy | None = None) -> Ite
     size, modality = recipe.image_size, recipe.modality
     a = recipe.anatomy
     if anatomy is None:
-        anatomy = load_anatomy(modality, a.source, a.path, size, seed, rng, a.slice_index, a.scan_circle)
+        anatomy = load_anatomy(modality, a.source, a.path, size, seed, rng, a.slice_index, a.scan_circle,
+                               a.per_patient)
     anatomy_model = to_model(modality, anatomy.values)
     conditions = [Condition.full(anatomy_model, a.factor, a.stop_step, a.filter, name="anatomy")]
     free = anatomy.tissue.copy()  # tissue not yet used by a lesion: lesions do not overlap
@@ -89,14 +90,15 @@ def plan_item(recipe: Recipe, index: int, anatomy: Anatomy | None = None) -> Ite
             lesions.append(lesion)
             free &= ~ndimage.binary_dilation(lesion.mask.astype(bool), iterations=2)
     if a.keep_padding:
-        padding = padding_condition(anatomy_model)
+        padding = padding_condition(anatomy_model, a.padding_band)
         if padding is not None:
             conditions.append(padding)  # last, so the other conditions' guidance noise streams stay as they were
     return ItemPlan(index, seed, anatomy, lesions, conditions, composite)
 
 
-def padding_condition(anatomy_model: np.ndarray) -> Condition | None:
-    """The reference's scanner padding as a condition: factor 1, weight 1 on the padding, to the last step.
+def padding_condition(anatomy_model: np.ndarray, band: int = 0) -> Condition | None:
+    """The reference's scanner padding as a condition: factor 1, weight 1 on the padding (and on the
+    pixels within ``band`` pixels of it, Euclidean), to the last step.
 
     Why: a real slice is exactly the floor outside the reconstruction circle, and the network cannot make a
     region exactly flat (its noise estimate at the lowest levels leaves grain, measured ε RMSE 0.69 at t = 0
@@ -104,12 +106,18 @@ def padding_condition(anatomy_model: np.ndarray) -> Condition | None:
     that no scan has. At factor 1 the correction puts the noised reference itself there at every step
     (the clean one at the last), so the padding ends exactly at the floor and the network sees it, like a
     known region in inpainting, while it samples the body next to it. None when the reference has none.
+
+    ``band``: a film's skin line is a step from the blank background to the tissue, and the model draws
+    it as a ramp about 5 pixels wide (docs/guidance.md, "Scanner padding"); holding a band of the
+    reference's own edge pixels keeps the step.
     """
     from mcfast.anatomy.masks import padding_mask
 
     mask = padding_mask(anatomy_model)
     if not mask.any():
         return None
+    if band > 0:
+        mask = ndimage.distance_transform_edt(~mask) <= band
     return Condition(anatomy_model, 1, 0, mask.astype(np.float32), name="padding")
 
 

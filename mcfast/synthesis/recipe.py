@@ -52,9 +52,15 @@ class AnatomySpec:
     stop_step: int = 200
     filter: str = "box"
     slice_index: int = -1  # for a DICOM series: -1 = a random slice per item
+    # source = "prepared": draw a patient / woman first, then one of their images, so a patient with many
+    # slices is not drawn more often (mcfast.synthesis.sources.draw_order).
+    per_patient: bool = False
     # Hold the sample to the reference, pixel for pixel and to the last step, where the reference is scanner
     # padding (outside the reconstructed field of view; mcfast.anatomy.masks.padding_mask).
     keep_padding: bool = False
+    # With keep_padding: also hold the first this many pixels of the image beside the padding (a film's skin
+    # line: the model draws the breast edge as a ramp about 5 pixels wide where a film has a step; 0 = off).
+    padding_band: int = 0
     # CT phantom only: draw the scanner's reconstruction circle (padding at the floor outside it), as a real
     # slice has (mcfast.anatomy.phantom.lung_phantom_labels).
     scan_circle: bool = False
@@ -240,6 +246,15 @@ def validate(recipe: Recipe) -> Recipe:
     if a.source != "phantom" and not a.path:
         raise InputError(f"{where}: anatomy.source = {a.source!r} needs anatomy.path")
     _check_guidance(a.factor, a.stop_step, a.filter, recipe.image_size, "anatomy", where)
+    if not 0 <= a.padding_band <= recipe.image_size // 8:
+        raise InputError(f"{where}: anatomy.padding_band = {a.padding_band} must lie in [0, image_size/8 = "
+                         f"{recipe.image_size // 8}] pixels")
+    if a.padding_band and not a.keep_padding:
+        raise InputError(f"{where}: anatomy.padding_band = {a.padding_band} holds pixels beside the kept padding; "
+                         "it needs anatomy.keep_padding = true")
+    if a.per_patient and a.source != "prepared":
+        raise InputError(f"{where}: anatomy.per_patient draws from a prepared folder's patients; it needs "
+                         f"anatomy.source = 'prepared', got {a.source!r}")
     if a.scan_circle and (a.source != "phantom" or recipe.modality != "ct"):
         raise InputError(f"{where}: anatomy.scan_circle draws a CT phantom's reconstruction circle; it needs "
                          f"anatomy.source = 'phantom' and recipe.modality = 'ct' (a real slice has its own)")
