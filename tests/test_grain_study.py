@@ -25,6 +25,10 @@ def _row(below: int, auc: float) -> dict:
     return {"deterministic_below": below, "eps_scale": 1.0, "hand_feature_auc": auc}
 
 
+def _two_tests(below: int, hand: float, cnn: float) -> dict:
+    return {"deterministic_below": below, "eps_scale": 1.0, "hand_feature_auc": hand, "patch_cnn_auc": cnn}
+
+
 def test_pick_is_the_smallest_auc_rounded_ties_to_the_earlier_entry():
     def pick(rows):
         return _grain_study().pick(rows, {"pick_by": "hand_feature_auc"})
@@ -36,10 +40,7 @@ def test_pick_is_the_smallest_auc_rounded_ties_to_the_earlier_entry():
 
 
 def test_patch_cnn_rule_and_unknown_rules():
-    def row(below, hand, cnn):
-        return {"deterministic_below": below, "eps_scale": 1.0, "hand_feature_auc": hand, "patch_cnn_auc": cnn}
-
-    pick = _grain_study().pick
+    pick, row = _grain_study().pick, _two_tests
     rows = [row(0, 0.81, 0.89), row(250, 0.87, 0.58), row(300, 0.84, 0.65)]
     assert pick(rows, {"pick_by": "patch_cnn_auc"})["deterministic_below"] == 250
     assert pick(rows, {"pick_by": "hand_feature_auc"})["deterministic_below"] == 0
@@ -48,10 +49,7 @@ def test_patch_cnn_rule_and_unknown_rules():
 
 
 def test_worse_auc_rule_brings_down_the_larger_of_the_two_tests():
-    def row(below, hand, cnn):
-        return {"deterministic_below": below, "eps_scale": 1.0, "hand_feature_auc": hand, "patch_cnn_auc": cnn}
-
-    pick = _grain_study().pick
+    pick, row = _grain_study().pick, _two_tests
     # 250 has the best patch CNN but the worst hand test; 150 is the best on the worse of its two
     rows = [row(0, 0.82, 0.60), row(150, 0.66, 0.64), row(250, 0.80, 0.52)]
     assert pick(rows, {"pick_by": "worse_auc"})["deterministic_below"] == 150
