@@ -189,3 +189,41 @@ def test_padding_band_needs_keep_padding_and_a_sane_width():
                          source="r.toml")
     with pytest.raises(InputError, match="padding_band must be an integer"):
         recipe_from_dict({"anatomy": {"keep_padding": True, "padding_band": 2.5}}, source="r.toml")
+
+
+def test_a_lesion_patch_over_the_padding_yields_to_it(tmp_path):
+    """Where a lesion's Gaussian weight reaches the held padding, the lesion's weight is 0 there, so the
+    padding ends exactly at the reference (summed, the two corrections left it up to 0.11 off)."""
+    from mcfast.api import Synthesizer
+    from mcfast.guidance.conditions import Condition
+    from mcfast.synthesis.plan import to_model, yield_to_held
+    from mcfast.synthesis.sources import load_anatomy
+
+    anatomy = load_anatomy("mg", "phantom", "", SIZE, 5, np.random.default_rng(0))
+    reference = to_model("mg", anatomy.values)
+    held = padding_mask(reference)
+    ys, xs = np.nonzero(held & (ndimage.distance_transform_edt(held) <= 2))  # a padding pixel beside the breast
+    box = (int(np.clip(xs[0] - 8, 0, SIZE - 16)), int(np.clip(ys[0] - 8, 0, SIZE - 16)), 16, 16)
+    lesion = Condition.on_canvas(reference, box, 1, 0, name="mass0")
+    assert (lesion.weight.numpy().reshape(SIZE, SIZE)[held] > 0).any()
+    yielded = yield_to_held(lesion, held).weight.numpy().reshape(SIZE, SIZE)
+    before = lesion.weight.numpy().reshape(SIZE, SIZE)
+    assert (yielded[held] == 0).all() and np.array_equal(yielded[~held], before[~held])
+    early = Condition.on_canvas(reference, box, 1, 100, name="early")  # stops before the last step: kept
+    assert yield_to_held(early, held) is early
+    assert yield_to_held(lesion, np.zeros_like(held)) is lesion
+
+    run = make_tiny_run(tmp_path / "run", SIZE, "mg", live_output=True)
+    synth = Synthesizer.from_pretrained(run)
+    recipe = recipe_from_dict({"recipe": {"modality": "mg", "image_size": SIZE, "seed": 0},
+                               "sampler": {"steps": "6", "batch_size": 1},
+                               "anatomy": {"source": "phantom", "factor": 4, "stop_step": 200, "keep_padding": True},
+                               "pathology": [{"source": "synthetic", "category": "mass", "size": [28, 32],
+                                              "count": [1, 1]}]}, source="t.toml")
+    plan = plan_item(recipe, 0, anatomy)
+    mass = plan.conditions[1].weight.numpy().reshape(SIZE, SIZE)
+    gaussian = plan.conditions[1].patch.weight_map((SIZE, SIZE)).numpy().reshape(SIZE, SIZE)
+    assert (gaussian[held] > 0.05).any()  # the planned mass patch does reach the padding
+    assert plan.conditions[1].name.startswith("mass") and (mass[held] == 0).all() and mass.max() > 0.5
+    item = synth.generate(n=1, recipe=recipe, anatomy=anatomy.values)[0]
+    assert np.array_equal(item.model_image[held], np.full(held.sum(), -1.0, np.float32))

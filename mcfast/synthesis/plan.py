@@ -92,8 +92,32 @@ def plan_item(recipe: Recipe, index: int, anatomy: Anatomy | None = None) -> Ite
     if a.keep_padding:
         padding = padding_condition(anatomy_model, a.padding_band)
         if padding is not None:
+            held = padding.weight.numpy().reshape(anatomy_model.shape) > 0
+            conditions = [yield_to_held(c, held) for c in conditions]
             conditions.append(padding)  # last, so the other conditions' guidance noise streams stay as they were
     return ItemPlan(index, seed, anatomy, lesions, conditions, composite)
+
+
+def yield_to_held(condition: Condition, held: np.ndarray) -> Condition:
+    """``condition`` with weight 0 on the ``held`` pixels when it still acts at the last step (stop step 0).
+
+    Why: the corrections of one step are summed from the same x, so where a lesion's Gaussian weight w
+    overlaps the held padding the step sets x to y_padding + w·(y_lesion − x): the held pixels end off the
+    reference (up to 0.11 on 3 of 8 planned 512² film items, whose mass patch reached the background),
+    and the two references' independent noise adds up at every step (with a held skin band of 6 px the
+    breast's high-pass RMS in those items went from 40 to 171 × 10⁻³; docs/results/edge_mg.md). A
+    condition that stops earlier (the anatomy, at t ≥ 100 in every recipe) leaves the last steps to the
+    held reference alone and is kept as it is.
+    """
+    if condition.stop_step > 0 or not held.any():
+        return condition
+    weight = (np.ones(held.shape, np.float32) if condition.weight is None
+              else condition.weight.numpy().reshape(held.shape).copy())
+    if not (weight[held] > 0).any():
+        return condition
+    weight[held] = 0.0
+    return Condition(condition.ref, condition.factor, condition.stop_step, weight, condition.filter, condition.name,
+                     condition.patch)
 
 
 def padding_condition(anatomy_model: np.ndarray, band: int = 0) -> Condition | None:
