@@ -61,7 +61,7 @@ def test_worse_auc_rule_brings_down_the_larger_of_the_two_tests():
 
 @pytest.mark.parametrize("study_name, recipes", [
     ("grain_mg", MG_RECIPES),
-    ("grain_ct", ("lung_ct_real512.toml", "lung_ct_phantom512.toml")),
+    ("grain_ct", ("lung_ct_real512.toml", "lung_ct_phantom512.toml")),  # the phantom: grain_ct_phantom withheld
 ])
 def test_the_recipes_carry_the_study_pick(study_name, recipes):
     study = json.loads((REPO / "docs" / "results" / f"{study_name}.json").read_text())
@@ -74,6 +74,19 @@ def test_the_recipes_carry_the_study_pick(study_name, recipes):
         sampler = load_recipe(REPO / "configs" / recipe).sampler
         assert sampler.deterministic_below == study["pick"]["deterministic_below"], recipe
         assert sampler.eps_scale == pytest.approx(study["pick"]["eps_scale"]), recipe
+
+
+def test_the_phantom_ct_study_pick_is_withheld_with_its_reason():
+    study = json.loads((REPO / "docs" / "results" / "grain_ct_phantom.json").read_text())
+    config = tomllib.loads((REPO / "configs" / "grain_ct_phantom.toml").read_text())
+    rows = study["rows"][1:]
+    assert [[r["deterministic_below"], r["eps_scale"]] for r in rows] == config["synthesis"]["grid"]
+    assert study["pick"] == _grain_study().pick(rows, config["synthesis"])
+    assert config["synthesis"]["apply"] is False and config["synthesis"]["not_applied_because"]
+    sampler = load_recipe(REPO / "configs" / "lung_ct_phantom512.toml").sampler
+    grain_ct = json.loads((REPO / "docs" / "results" / "grain_ct.json").read_text())["pick"]
+    assert (sampler.deterministic_below, sampler.eps_scale) == (grain_ct["deterministic_below"], grain_ct["eps_scale"])
+    assert "Not applied" in (REPO / "docs" / "results" / "grain_ct_phantom.md").read_text()
 
 
 def test_the_edge_study_pick_is_withheld_with_its_reason():
