@@ -33,7 +33,7 @@ from mcfast.evaluate.classifier import machine_info
 from mcfast.evaluate.hand_features import FEATURE_GROUPS, gradient_histogram, hand_feature_test
 from mcfast.evaluate.patch_cnn import patch_cnn_test
 from mcfast.evaluate.realism_sets import (anatomy_groups, checkpoint_fields, floor_subset, load_split, machine_line,
-                                          model_steps)
+                                          model_steps, record_timing, seconds_per_image)
 from mcfast.evaluate.spectrum import interior_band_ratios
 from mcfast.evaluate.tissue import edge_profile
 from mcfast.evaluate.two_sample import DEFAULT_BANDS, spectrum_band_ratios
@@ -42,9 +42,6 @@ from mcfast.synthesis.recipe import load_recipe
 from mcfast.train.checkpoint import read_config
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-TIMING_FILE = "timing.json"  # seconds per image of the images a call made, kept beside the set
 
 
 def grid_entries(cfg: dict) -> list[dict]:
@@ -79,13 +76,9 @@ def make_set(cfg: dict, entry: dict, out: Path) -> tuple[np.ndarray, list[str], 
     t0 = time.perf_counter()
     result = synthesizer.synthesize(n, out, progress=True)
     if result.written:
-        per_image = (time.perf_counter() - t0) / result.written
-        write_text(out / TIMING_FILE, json.dumps({"seconds_per_image": round(per_image, 2), "images_timed": result.written,
-                                                  "threads": torch.get_num_threads()}) + "\n")
-    elif (out / TIMING_FILE).is_file():
-        per_image = json.loads((out / TIMING_FILE).read_text())["seconds_per_image"]
-    else:
-        per_image = float("nan")
+        record_timing(out, (time.perf_counter() - t0) / result.written, result.written)
+    per_image = seconds_per_image(out)
+    per_image = float("nan") if per_image is None else per_image
     images = np.stack([np.load(out / f"{k:06d}" / "image.npy") for k in range(n)])
     anatomy = [json.loads((out / f"{k:06d}" / "meta.json").read_text())["anatomy"] for k in range(n)]
     if recipe.modality == "mg":

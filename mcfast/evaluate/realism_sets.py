@@ -120,11 +120,17 @@ def generate(name: str, spec: tuple, cfg: dict, out: Path, base: Path, sampler: 
     result = synthesize(base / cfg["data"]["checkpoint"], recipe, cfg["synthesis"]["n"], folder,
                         precision=cfg["synthesis"]["precision"], progress=True, channels_last=True)
     if result.written:
-        seconds = (time.perf_counter() - started) / result.written
-        timing = {"seconds_per_image": round(seconds, 2), "threads": torch.get_num_threads(),
-                  "images_timed": result.written}
-        (folder / "timing.json").write_text(json.dumps(timing))
+        record_timing(folder, (time.perf_counter() - started) / result.written, result.written)
     return folder
+
+
+TIMING_FILE = "timing.json"  # seconds per image of the images the last call made, kept beside a set
+
+
+def record_timing(folder: Path, seconds: float, images: int) -> None:
+    """Write the seconds per image of the ``images`` a call just made into ``folder``."""
+    timing = {"seconds_per_image": round(seconds, 2), "threads": torch.get_num_threads(), "images_timed": images}
+    (folder / TIMING_FILE).write_text(json.dumps(timing))
 
 
 def sets_scored_at(size: int, sets: dict[str, tuple], cfg: dict) -> list[tuple[str, tuple, str, int | None]]:
@@ -192,7 +198,7 @@ def anatomy_groups(anatomy: list[str], train_files: list[str], train_patients: l
 
 
 def seconds_per_image(folder: Path) -> float | None:
-    timing = folder / "timing.json"
+    timing = folder / TIMING_FILE
     return json.loads(timing.read_text())["seconds_per_image"] if timing.is_file() else None
 
 
