@@ -99,7 +99,7 @@ def build_recipe(recipe: Recipe | str | Path, *, anatomy: Any = None, lesions: A
 
     ``anatomy``: "phantom", a path (DICOM file or series folder, image, image folder, prepared folder) or
     a dict of [anatomy] keys (``{"source": "phantom", "factor": 16}``); arrays are :meth:`Synthesizer.generate`'s.
-    ``lesions``: see :func:`_pathology_list`. ``steps``: the respacing ("50", "ddim25", 50). ``fast``: the
+    ``lesions``: see :func:`_pathology_list`. ``steps``: the respacing ("50", "ddim25", "50+tail9", 50). ``fast``: the
     fast mode (:func:`mcfast.synthesis.recipe.use_fast_sampler`), applied last. ``formats``: the files
     :func:`save` and ``synthesize`` write (``FORMATS``). ``check_sources``: the files the recipe names
     exist and hold what it needs (before a model is loaded). Errors are one line naming the setting."""

@@ -66,3 +66,32 @@ def test_respaced_alpha_bar_equals_original_at_kept_steps(schedule):
     full = create_diffusion(1000, schedule)
     np.testing.assert_allclose(d.alphas_cumprod, full.alphas_cumprod[d.timestep_map], rtol=1e-10)
     assert d.timestep_map.dtype == np.int64 and list(d.timestep_map) == sorted(d.timestep_map)
+
+
+def test_tail_adds_evenly_spaced_steps_below_the_lowest_kept_step():
+    base = space_timesteps(1000, "50")
+    tailed = space_timesteps(1000, "50+tail9")
+    assert base <= tailed and len(tailed) == len(base) + 9
+    assert sorted(tailed - base) == [2, 4, 6, 8, 10, 12, 14, 16, 18]
+    assert space_timesteps(1000, "50+tail19") == base | set(range(1, 20))
+
+
+@pytest.mark.parametrize("gap", range(2, 41))
+def test_tail_steps_are_distinct_and_inside_the_gap(gap):
+    from mcfast.diffusion.schedule import tail_timesteps
+    for count in range(1, gap):
+        tail = tail_timesteps({0, gap, 2 * gap}, count)
+        assert len(tail) == count and min(tail) > 0 and max(tail) < gap
+
+
+@pytest.mark.parametrize("bad", ["50+tail0", "50+tail20", "50+", "50+x9", "50+tail", "ddim1000+tail1"])
+def test_tail_rejects_what_does_not_fit_naming_the_value(bad):
+    with pytest.raises(InputError, match="tail"):
+        space_timesteps(1000, bad)
+
+
+def test_tail_makes_a_chain_the_samplers_can_walk():
+    from mcfast.diffusion.samplers import network_calls
+    d = create_diffusion(1000, "cosine", respacing="50+tail9")
+    assert d.num_timesteps == 59 and list(d.timestep_map[:3]) == [0, 2, 4]
+    assert network_calls("50+tail9", 500) == network_calls("50", 500) + 9

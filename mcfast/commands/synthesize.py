@@ -26,7 +26,8 @@ def register(subparsers) -> None:
     p.add_argument("--out", type=Path, required=True, help="output folder (resumable)")
     p.add_argument("--batch-size", type=positive_int, default=None,
                    help="images per sampling batch, >= 1 (default: the recipe's)")
-    p.add_argument("--steps", default=None, help="override the recipe's respacing, e.g. 50 or ddim25")
+    p.add_argument("--steps", default=None, help="override the recipe's respacing, e.g. 50, ddim25, or 50+tail9 (9 more steps below "
+                        "the lowest one above 0, where the finest grain forms)")
     p.add_argument("--sampler", choices=["ddpm", "ddim", "dpmpp2m"], default=None,
                    help="override the recipe's sampler: ancestral DDPM, DDIM (with --eta) or DPM-Solver++(2M)")
     p.add_argument("--eta", type=float, default=None, help="override the recipe's DDIM stochasticity (>= 0)")

@@ -43,9 +43,14 @@ def space_timesteps(num_timesteps: int, section_counts: str | list[int] | int) -
 
     ``section_counts`` is "1000" or "250" (that many steps, evenly strided over the chain),
     "ddimN" (N steps with an integer stride, as in DDIM), or "10,20,30" (split the chain
-    into equal sections and take that many evenly spaced steps from each). Unknown or
-    impossible strings raise :class:`InputError` naming the value.
+    into equal sections and take that many evenly spaced steps from each). Any of them may end in
+    "+tailK": K more steps spaced evenly between 0 and the lowest kept step above 0 (see
+    :func:`tail_timesteps`). Unknown or impossible strings raise :class:`InputError` naming the value.
     """
+    if isinstance(section_counts, str) and "+" in section_counts:
+        base, _, tail = section_counts.partition("+")
+        kept = space_timesteps(num_timesteps, base)
+        return kept | tail_timesteps(kept, _tail_count(section_counts, tail))
     raw = section_counts
     if isinstance(section_counts, int):
         section_counts = str(section_counts)
@@ -90,6 +95,36 @@ def space_timesteps(num_timesteps: int, section_counts: str | list[int] | int) -
             cur += frac_stride
         start += size
     return set(kept)
+
+
+def _tail_count(raw: str, tail: str) -> int:
+    text = tail.strip()
+    try:
+        count = int(text[len("tail"):]) if text.startswith("tail") else -1
+    except ValueError:
+        count = -1
+    if count < 1:
+        raise InputError(f"timestep respacing {raw!r}: expected '+tailK' with K >= 1 after the '+', e.g. '50+tail9'")
+    return count
+
+
+def tail_timesteps(kept: set[int], count: int) -> set[int]:
+    """``count`` timesteps spaced evenly in the open interval (0, lowest kept step above 0).
+
+    Why: the finest texture is resolved only at the lowest noise levels. With the cosine schedule at
+    T = 1000 the noise std at t = 20 is 0.043 of the data range (89 HU on CT's 4095-HU scale) and at
+    t = 2 0.012 (24 HU), while CT's own quantum noise is 10-40 HU. A uniform "50" jumps from t = 20
+    straight to 0, and that last x̂₀ is a posterior mean, smoother than any real slice; a tail of
+    small steps there lets the sampler draw that grain instead.
+    """
+    above = sorted(t for t in kept if t > 0)
+    if not above:
+        raise InputError("timestep respacing: '+tail' needs a kept step above 0")
+    gap = above[0]
+    if count > gap - 1:
+        raise InputError(f"timestep respacing: +tail{count} does not fit below step {gap} "
+                         f"(at most {gap - 1} steps there)")
+    return {round(j * gap / (count + 1)) for j in range(1, count + 1)}
 
 
 def respaced_betas(base_betas: np.ndarray, use_timesteps) -> tuple[np.ndarray, np.ndarray]:
