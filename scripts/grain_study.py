@@ -4,16 +4,16 @@
     python scripts/grain_study.py --config configs/grain_ct.toml --out out/grain_ct --generate-only 0
     python scripts/grain_study.py --report-only      # rewrite the .md from the .json
 
-The recipe's sampler at each (``sampler.deterministic_below``, ``sampler.eps_scale``) pair of the
-config's grid (steps below that timestep are DDIM η = 0 steps: no fresh noise where the network cannot
-remove it again; ε divided by eps_scale: more fine texture), the same items (recipe seed, indices
-0..n-1) for every pair; each set (mammograms framed like the films) compared with training images,
+The recipe's sampler at each entry of the config's grid (``sampler.deterministic_below``: steps below
+that timestep are DDIM η = 0 steps, no fresh noise where the network cannot remove it again;
+``sampler.eps_scale``: ε divided by it, more fine texture; ``anatomy.padding_band``; ``sampler.steps``,
+the respacing), the same items (recipe seed, indices 0..n-1) for every entry; each set (mammograms framed like the films) compared with training images,
 one per patient / woman first (the validation split is never read): the hand-feature test (and each
 of its feature families alone) and the patch-CNN test, the radial power spectrum bands of the whole
 image and of crops inside the foreground (the breast; for CT the scan circle:
 mcfast.evaluate.spectrum.interior_band_ratios) and the gradient-magnitude histogram, beside a floor row
 (as many training images of other patients / women against the same reference images). The config's
-rule picks one pair. Writes docs/results/<[report] name>.{json,md}; the synthetic sets stay under
+rule picks one entry. Writes docs/results/<[report] name>.{json,md}; the synthetic sets stay under
 --out. ``--generate-only K`` makes grid entry K's set and stops (two such processes fill both cores);
 a later full run reuses the sets and the seconds per image they recorded.
 """
@@ -36,6 +36,7 @@ from mcfast.evaluate.realism_sets import (anatomy_groups, checkpoint_fields, flo
                                           model_steps, record_timing, seconds_per_image)
 from mcfast.evaluate.spectrum import interior_band_ratios
 from mcfast.evaluate.tissue import edge_profile
+from mcfast.diffusion.samplers import network_calls
 from mcfast.evaluate.two_sample import DEFAULT_BANDS, spectrum_band_ratios
 from mcfast.io.mammo import frame_model_images
 from mcfast.synthesis.recipe import load_recipe
@@ -44,21 +45,46 @@ from mcfast.train.checkpoint import read_config
 REPO = Path(__file__).resolve().parent.parent
 
 
+#: The settings a grid entry may set, and the recipe section each belongs to.
+GRID_KEYS = {"deterministic_below": "sampler", "eps_scale": "sampler", "padding_band": "anatomy", "steps": "sampler",
+             "start_step": "sampler", "factor": "anatomy", "stop_step": "anatomy"}
+#: Beside deterministic_below and eps_scale (always shown), in this order; None: the recipe's own.
+#: Settings that change how many network calls an image takes (the report shows the count beside them).
+CALLS_KEYS = ("steps", "start_step")
+OPTIONAL_KEYS = ("padding_band", "steps", "start_step", "factor", "stop_step")
+
+
 def grid_entries(cfg: dict) -> list[dict]:
-    """The config's grid as settings: [deterministic_below, eps_scale] or [..., anatomy.padding_band]
-    (None: the recipe's own)."""
+    """The config's grid as settings. An entry is [deterministic_below, eps_scale], [..., padding_band]
+    or a table of any of ``GRID_KEYS`` (``steps``: the sampler's respacing, e.g. "50+tail9"); a setting
+    an entry leaves out is the recipe's own."""
+    recipe = load_recipe(REPO / cfg["data"]["recipe"])
     entries = []
-    for k, pair in enumerate(cfg["synthesis"]["grid"]):
-        if len(pair) not in (2, 3):
-            raise SystemExit(f"grid entry {k} = {pair!r}: [deterministic_below, eps_scale] or [..., padding_band]")
-        entries.append({"deterministic_below": int(pair[0]), "eps_scale": float(pair[1]),
-                        "padding_band": int(pair[2]) if len(pair) == 3 else None})
+    for k, item in enumerate(cfg["synthesis"]["grid"]):
+        if isinstance(item, dict):
+            unknown = set(item) - set(GRID_KEYS)
+            if unknown:
+                raise SystemExit(f"grid entry {k}: unknown setting(s) {', '.join(sorted(unknown))}; "
+                                 f"expected some of {', '.join(GRID_KEYS)}")
+            entry = {"deterministic_below": int(item.get("deterministic_below", recipe.sampler.deterministic_below)),
+                     "eps_scale": float(item.get("eps_scale", recipe.sampler.eps_scale))}
+            entry.update({key: (str if key == "steps" else int)(item[key]) if key in item else None
+                          for key in OPTIONAL_KEYS})
+        elif len(item) in (2, 3):
+            entry = {"deterministic_below": int(item[0]), "eps_scale": float(item[1]),
+                     **dict.fromkeys(OPTIONAL_KEYS), "padding_band": int(item[2]) if len(item) == 3 else None}
+        else:
+            raise SystemExit(f"grid entry {k} = {item!r}: [deterministic_below, eps_scale], [..., padding_band] "
+                             f"or a table of {', '.join(GRID_KEYS)}")
+        entries.append(entry)
     return entries
 
 
 def set_folder(out: Path, entry: dict) -> Path:
-    band = "" if entry["padding_band"] is None else f"_band_{entry['padding_band']}"
-    return out / f"below_{entry['deterministic_below']}_eps_{entry['eps_scale']:.2f}{band}"
+    """The set's folder: named by its settings (the list form's names are those of the earlier studies)."""
+    short = {"padding_band": "band", "steps": "steps"}
+    extra = "".join(f"_{short.get(key, key)}_{entry[key]}" for key in OPTIONAL_KEYS if entry.get(key) is not None)
+    return out / f"below_{entry['deterministic_below']}_eps_{entry['eps_scale']:.2f}{extra}"
 
 
 def make_set(cfg: dict, entry: dict, out: Path) -> tuple[np.ndarray, list[str], float]:
@@ -68,9 +94,10 @@ def make_set(cfg: dict, entry: dict, out: Path) -> tuple[np.ndarray, list[str], 
     from mcfast.api import Synthesizer, build_recipe
 
     d, n = cfg["data"], cfg["synthesis"]["n"]
-    anatomy = None if entry["padding_band"] is None else {"padding_band": entry["padding_band"]}
+    anatomy = {key: entry[key] for key in OPTIONAL_KEYS if GRID_KEYS[key] == "anatomy" and entry[key] is not None}
     recipe = build_recipe(REPO / d["recipe"], deterministic_below=entry["deterministic_below"],
-                          eps_scale=entry["eps_scale"], anatomy=anatomy, formats=["npy"])
+                          eps_scale=entry["eps_scale"], steps=entry["steps"], start_step=entry["start_step"],
+                          anatomy=anatomy or None, formats=["npy"])
     synthesizer = Synthesizer.from_pretrained(REPO / d["checkpoint"], recipe=recipe, precision=d["precision"],
                                               channels_last=True)
     t0 = time.perf_counter()
@@ -119,7 +146,7 @@ def pick(rows: list[dict], synthesis: dict) -> dict:
     if by not in PICK_BY:
         raise SystemExit(f"unknown pick_by {by!r}: one of {', '.join(PICK_BY)}")
     best = min(range(len(rows)), key=lambda k: (round(PICK_BY[by](rows[k]), 2), k))
-    return {k: rows[best][k] for k in ("deterministic_below", "eps_scale", "padding_band") if k in rows[best]}
+    return {k: rows[best][k] for k in GRID_KEYS if k in rows[best]}
 
 
 def words(cfg: dict) -> dict[str, str]:
@@ -151,10 +178,19 @@ def run(cfg: dict, out: Path) -> dict:
                          f"reference; the training split has {len(set(people))}: lower [scoring] n_reference")
     rows = [{"deterministic_below": None, "eps_scale": None, "set": f"floor: training {w['images']} of other {w['people']}",
              **score(real, groups, images[floor_idx], [people[k] for k in floor_idx], s), "s_per_image": None}]
-    for entry in grid_entries(cfg):
+    grid, recipe = grid_entries(cfg), load_recipe(REPO / d["recipe"])
+    # A setting the grid varies is stated in every row, the recipe's own value where an entry is silent,
+    # so that a row still says what it measured after the recipe takes the pick.
+    varied = [key for key in OPTIONAL_KEYS if any(entry[key] is not None for entry in grid)]
+    for entry in grid:
         synthetic, anatomy, per_image = make_set(cfg, entry, set_folder(out, entry))
         synthetic_groups = anatomy_groups(anatomy, files, people)
         settings = {k: v for k, v in entry.items() if v is not None}
+        for key in varied:
+            settings.setdefault(key, getattr(getattr(recipe, GRID_KEYS[key]), key))
+        if any(key in varied for key in CALLS_KEYS):
+            settings["network_calls"] = network_calls(settings.get("steps", recipe.sampler.steps),
+                                                      settings.get("start_step", recipe.sampler.start_step))
         rows.append({**settings, **score(real, groups, synthetic, synthetic_groups, s),
                      "s_per_image": None if np.isnan(per_image) else round(per_image, 1)})
         print(json.dumps(rows[-1]))
@@ -167,10 +203,11 @@ def run(cfg: dict, out: Path) -> dict:
 def write_report(res: dict, path: Path) -> None:
     cfg, w, rows = res["config"], words(res["config"]), res["rows"]
     framed = ", framed like the films," if load_recipe(REPO / cfg["data"]["recipe"]).modality == "mg" else ""
-    with_band = any("padding_band" in r for r in rows)
+    shown = [key for key in OPTIONAL_KEYS if any(key in r for r in rows)]
+    labels = {key: f"{key} (network calls)" for key in CALLS_KEYS}
     with_edge = any("edge_profile" in r for r in rows)
     depth = cfg["scoring"].get("edge_depth")
-    columns = (["deterministic_below", "eps_scale"] + (["padding_band"] if with_band else [])
+    columns = (["deterministic_below", "eps_scale"] + [labels.get(key, key) for key in shown]
                + ["hand-feature AUC [95 %]", "hand families: " + " / ".join(FEATURE_GROUPS), "patch-CNN AUC [95 %]",
                   "spectrum " + " / ".join(DEFAULT_BANDS) + " (× real)",
                   f"inside {w['foreground']} " + " / ".join(DEFAULT_BANDS) + " (× real)", "gradient histogram L1"]
@@ -185,10 +222,11 @@ def write_report(res: dict, path: Path) -> None:
              "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for r in rows:
         if r["deterministic_below"] is None:
-            head = [r["set"], "–"] + (["–"] if with_band else [])
+            head = [r["set"], "–"] + ["–"] * len(shown)
         else:
-            head = ([str(r["deterministic_below"]), f"{r['eps_scale']:.2f}"]
-                    + ([str(r.get("padding_band", "recipe's"))] if with_band else []))
+            head = [str(r["deterministic_below"]), f"{r['eps_scale']:.2f}"] + [
+                "recipe's" if key not in r else f"{r[key]} ({r['network_calls']})" if key in CALLS_KEYS else str(r[key])
+                for key in shown]
         cells = head + [
             f"{r['hand_feature_auc']:.2f} [{r['auc_lo']:.2f}, {r['auc_hi']:.2f}]",
             " / ".join(f"{r['hand_families'][f]:.2f}" for f in FEATURE_GROUPS) if "hand_families" in r else "–",

@@ -76,6 +76,31 @@ def test_the_recipes_carry_the_study_pick(study_name, recipes):
         assert sampler.eps_scale == pytest.approx(study["pick"]["eps_scale"]), recipe
 
 
+def test_the_real_slice_ct_recipe_carries_the_tail_study_pick():
+    study = json.loads((REPO / "docs" / "results" / "tail_ct.json").read_text())
+    config = tomllib.loads((REPO / "configs" / "tail_ct.toml").read_text())
+    rows = study["rows"][1:]
+    assert [{"steps": r["steps"]} for r in rows] == config["synthesis"]["grid"]
+    assert study["pick"] == _grain_study().pick(rows, config["synthesis"])
+    sampler = load_recipe(REPO / "configs" / "lung_ct_real512.toml").sampler
+    assert sampler.steps == study["pick"]["steps"]
+    assert (sampler.deterministic_below, sampler.eps_scale) == (study["pick"]["deterministic_below"],
+                                                                study["pick"]["eps_scale"])
+
+
+def test_the_phantom_ct_recipe_carries_the_phantom_guidance_pick():
+    study = json.loads((REPO / "docs" / "results" / "phantom_guidance_ct.json").read_text())
+    config = tomllib.loads((REPO / "configs" / "phantom_guidance_ct.toml").read_text())
+    rows = study["rows"][1:]
+    anatomy = load_recipe(REPO / "configs" / "lung_ct_phantom512.toml").anatomy
+    # a silent entry is the recipe's own: every row states the factor and stop step it ran with
+    assert [(r["factor"], r["stop_step"]) for r in rows] == [
+        (entry.get("factor", anatomy.factor), entry.get("stop_step", anatomy.stop_step))
+        for entry in config["synthesis"]["grid"]]
+    assert study["pick"] == _grain_study().pick(rows, config["synthesis"])
+    assert (anatomy.factor, anatomy.stop_step) == (study["pick"]["factor"], study["pick"]["stop_step"])
+
+
 def test_the_phantom_ct_study_pick_is_withheld_with_its_reason():
     study = json.loads((REPO / "docs" / "results" / "grain_ct_phantom.json").read_text())
     config = tomllib.loads((REPO / "configs" / "grain_ct_phantom.toml").read_text())
@@ -99,3 +124,29 @@ def test_the_edge_study_pick_is_withheld_with_its_reason():
     anatomy = load_recipe(REPO / "configs" / "mammo_mias512.toml").anatomy
     assert anatomy.padding_band == 0 and anatomy.keep_padding
     assert "Not applied" in (REPO / "docs" / "results" / "edge_mg.md").read_text()
+
+
+def test_grid_tables_take_the_recipes_own_settings_where_they_are_silent(tmp_path):
+    study = _grain_study()
+    cfg = {"data": {"recipe": "configs/lung_ct_real512.toml"},
+           "synthesis": {"grid": [{}, {"steps": "50+tail9"}, [0, 1.02], {"deterministic_below": 0, "padding_band": 3},
+                                  {"factor": 16, "stop_step": 400}]}}
+    recipe = load_recipe(REPO / "configs" / "lung_ct_real512.toml").sampler
+    entries = study.grid_entries(cfg)
+    assert entries[0] == {"deterministic_below": recipe.deterministic_below, "eps_scale": recipe.eps_scale,
+                          "padding_band": None, "steps": None, "start_step": None, "factor": None, "stop_step": None}
+    assert entries[1]["steps"] == "50+tail9" and entries[2]["eps_scale"] == 1.02
+    assert entries[3]["deterministic_below"] == 0 and entries[3]["padding_band"] == 3
+    folders = [study.set_folder(tmp_path, e).name for e in entries]
+    assert entries[4]["factor"] == 16 and entries[4]["stop_step"] == 400
+    assert len(set(folders)) == 5  # every entry its own set
+    assert folders[2] == "below_0_eps_1.02"  # the list form keeps the folders of earlier studies
+    cfg["synthesis"]["grid"] = [{"stepz": "50"}]
+    with pytest.raises(SystemExit, match="stepz"):
+        study.grid_entries(cfg)
+
+
+def test_the_pick_names_the_respacing_when_the_grid_varies_it():
+    rows = [dict(_two_tests(250, 0.9, 0.6), steps="50"), dict(_two_tests(250, 0.7, 0.6), steps="50+tail9")]
+    assert _grain_study().pick(rows, {"pick_by": "worse_auc"}) == {"deterministic_below": 250, "eps_scale": 1.0,
+                                                                   "steps": "50+tail9"}
