@@ -4,12 +4,13 @@
     python scripts/grain_study.py --config configs/grain_ct.toml --out out/grain_ct --generate-only 0
     python scripts/grain_study.py --report-only      # rewrite the .md from the .json
 
-The recipe's sampler at each entry of the config's grid (``sampler.deterministic_below``: steps below
-that timestep are DDIM η = 0 steps, no fresh noise where the network cannot remove it again;
-``sampler.eps_scale``: ε divided by it, more fine texture; ``anatomy.padding_band``; ``sampler.steps``,
-the respacing), the same items (recipe seed, indices 0..n-1) for every entry; each set (mammograms framed like the films) compared with training images,
-one per patient / woman first (the validation split is never read): the hand-feature test (and each
-of its feature families alone) and the patch-CNN test, the radial power spectrum bands of the whole
+The recipe at each entry of the config's grid (``sampler.deterministic_below``: steps below that
+timestep are DDIM η = 0 steps, no fresh noise where the network cannot remove it again;
+``sampler.eps_scale``: ε divided by it, more fine texture; ``sampler.steps`` / ``start_step``: the
+respacing and the SDEdit start; ``anatomy.padding_band`` / ``factor`` / ``stop_step``), the same items
+(recipe seed, indices 0..n-1) for every entry; each set (mammograms framed like the films) compared with
+training images, one per patient / woman first (the validation split is never read): the hand-feature
+test (and each of its feature families alone) and the patch-CNN test, the radial power spectrum bands of the whole
 image and of crops inside the foreground (the breast; for CT the scan circle:
 mcfast.evaluate.spectrum.interior_band_ratios) and the gradient-magnitude histogram, beside a floor row
 (as many training images of other patients / women against the same reference images). The config's
@@ -29,6 +30,7 @@ import numpy as np
 import torch
 
 from mcfast.atomic import write_text
+from mcfast.diffusion.samplers import network_calls
 from mcfast.evaluate.classifier import machine_info
 from mcfast.evaluate.hand_features import FEATURE_GROUPS, gradient_histogram, hand_feature_test
 from mcfast.evaluate.patch_cnn import patch_cnn_test
@@ -36,7 +38,6 @@ from mcfast.evaluate.realism_sets import (anatomy_groups, checkpoint_fields, flo
                                           model_steps, record_timing, seconds_per_image)
 from mcfast.evaluate.spectrum import interior_band_ratios
 from mcfast.evaluate.tissue import edge_profile
-from mcfast.diffusion.samplers import network_calls
 from mcfast.evaluate.two_sample import DEFAULT_BANDS, spectrum_band_ratios
 from mcfast.io.mammo import frame_model_images
 from mcfast.synthesis.recipe import load_recipe
@@ -49,9 +50,9 @@ REPO = Path(__file__).resolve().parent.parent
 GRID_KEYS = {"deterministic_below": "sampler", "eps_scale": "sampler", "padding_band": "anatomy", "steps": "sampler",
              "start_step": "sampler", "factor": "anatomy", "stop_step": "anatomy"}
 #: Beside deterministic_below and eps_scale (always shown), in this order; None: the recipe's own.
+OPTIONAL_KEYS = ("padding_band", "steps", "start_step", "factor", "stop_step")
 #: Settings that change how many network calls an image takes (the report shows the count beside them).
 CALLS_KEYS = ("steps", "start_step")
-OPTIONAL_KEYS = ("padding_band", "steps", "start_step", "factor", "stop_step")
 
 
 def grid_entries(cfg: dict) -> list[dict]:
