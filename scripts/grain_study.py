@@ -47,11 +47,12 @@ REPO = Path(__file__).resolve().parent.parent
 
 #: The settings a grid entry may set, and the recipe section each belongs to.
 GRID_KEYS = {"deterministic_below": "sampler", "eps_scale": "sampler", "padding_band": "anatomy", "steps": "sampler",
-             "start_step": "sampler", "factor": "anatomy", "stop_step": "anatomy"}
+             "start_step": "sampler", "factor": "anatomy", "stop_step": "anatomy", "outside_factor": "anatomy",
+             "outside_stop_step": "anatomy"}
 #: Beside deterministic_below and eps_scale (always shown), in this order; None: the recipe's own.
 #: Settings that change how many network calls an image takes (the report shows the count beside them).
 CALLS_KEYS = ("steps", "start_step")
-OPTIONAL_KEYS = ("padding_band", "steps", "start_step", "factor", "stop_step")
+OPTIONAL_KEYS = ("padding_band", "steps", "start_step", "factor", "stop_step", "outside_factor", "outside_stop_step")
 
 
 def grid_entries(cfg: dict) -> list[dict]:

@@ -134,7 +134,8 @@ def test_grid_tables_take_the_recipes_own_settings_where_they_are_silent(tmp_pat
     recipe = load_recipe(REPO / "configs" / "lung_ct_real512.toml").sampler
     entries = study.grid_entries(cfg)
     assert entries[0] == {"deterministic_below": recipe.deterministic_below, "eps_scale": recipe.eps_scale,
-                          "padding_band": None, "steps": None, "start_step": None, "factor": None, "stop_step": None}
+                          "padding_band": None, "steps": None, "start_step": None, "factor": None, "stop_step": None,
+                          "outside_factor": None, "outside_stop_step": None}
     assert entries[1]["steps"] == "50+tail9" and entries[2]["eps_scale"] == 1.02
     assert entries[3]["deterministic_below"] == 0 and entries[3]["padding_band"] == 3
     folders = [study.set_folder(tmp_path, e).name for e in entries]
