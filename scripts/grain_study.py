@@ -7,7 +7,8 @@
 The recipe at each entry of the config's grid (``sampler.deterministic_below``: steps below that
 timestep are DDIM η = 0 steps, no fresh noise where the network cannot remove it again;
 ``sampler.eps_scale``: ε divided by it, more fine texture; ``sampler.steps`` / ``start_step``: the
-respacing and the SDEdit start; ``anatomy.padding_band`` / ``factor`` / ``stop_step``), the same items
+respacing and the SDEdit start; ``anatomy.padding_band`` / ``factor`` / ``stop_step`` /
+``outside_factor`` / ``outside_stop_step``), the same items
 (recipe seed, indices 0..n-1) for every entry; each set (mammograms framed like the films) compared with
 training images, one per patient / woman first (the validation split is never read): the hand-feature
 test (and each of its feature families alone) and the patch-CNN test, the radial power spectrum bands of the whole
@@ -48,9 +49,10 @@ REPO = Path(__file__).resolve().parent.parent
 
 #: The settings a grid entry may set, and the recipe section each belongs to.
 GRID_KEYS = {"deterministic_below": "sampler", "eps_scale": "sampler", "padding_band": "anatomy", "steps": "sampler",
-             "start_step": "sampler", "factor": "anatomy", "stop_step": "anatomy"}
+             "start_step": "sampler", "factor": "anatomy", "stop_step": "anatomy", "outside_factor": "anatomy",
+             "outside_stop_step": "anatomy"}
 #: Beside deterministic_below and eps_scale (always shown), in this order; None: the recipe's own.
-OPTIONAL_KEYS = ("padding_band", "steps", "start_step", "factor", "stop_step")
+OPTIONAL_KEYS = ("padding_band", "steps", "start_step", "factor", "stop_step", "outside_factor", "outside_stop_step")
 #: Settings that change how many network calls an image takes (the report shows the count beside them).
 CALLS_KEYS = ("steps", "start_step")
 

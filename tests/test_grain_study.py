@@ -114,6 +114,18 @@ def test_the_phantom_ct_study_pick_is_withheld_with_its_reason():
     assert "Not applied" in (REPO / "docs" / "results" / "grain_ct_phantom.md").read_text()
 
 
+def test_the_outside_study_pick_is_withheld_until_the_next_realism_report():
+    study = json.loads((REPO / "docs" / "results" / "outside_ct.json").read_text())
+    config = tomllib.loads((REPO / "configs" / "outside_ct.toml").read_text())
+    rows = study["rows"][1:]
+    assert [(r["outside_factor"], r["outside_stop_step"]) for r in rows] == [
+        (entry.get("outside_factor", 0), entry.get("outside_stop_step", 0)) for entry in config["synthesis"]["grid"]]
+    assert study["pick"] == _grain_study().pick(rows, config["synthesis"])
+    assert config["synthesis"]["apply"] is False and config["synthesis"]["not_applied_because"]
+    assert load_recipe(REPO / "configs" / "lung_ct_real512.toml").anatomy.outside_factor == 0
+    assert "Not applied" in (REPO / "docs" / "results" / "outside_ct.md").read_text()
+
+
 def test_the_edge_study_pick_is_withheld_with_its_reason():
     study = json.loads((REPO / "docs" / "results" / "edge_mg.json").read_text())
     config = tomllib.loads((REPO / "configs" / "edge_mg.toml").read_text())
@@ -134,7 +146,8 @@ def test_grid_tables_take_the_recipes_own_settings_where_they_are_silent(tmp_pat
     recipe = load_recipe(REPO / "configs" / "lung_ct_real512.toml").sampler
     entries = study.grid_entries(cfg)
     assert entries[0] == {"deterministic_below": recipe.deterministic_below, "eps_scale": recipe.eps_scale,
-                          "padding_band": None, "steps": None, "start_step": None, "factor": None, "stop_step": None}
+                          "padding_band": None, "steps": None, "start_step": None, "factor": None, "stop_step": None,
+                          "outside_factor": None, "outside_stop_step": None}
     assert entries[1]["steps"] == "50+tail9" and entries[2]["eps_scale"] == 1.02
     assert entries[3]["deterministic_below"] == 0 and entries[3]["padding_band"] == 3
     folders = [study.set_folder(tmp_path, e).name for e in entries]

@@ -1,11 +1,14 @@
 """Masks of a reference image: the tissue a pathology patch may be placed in (lungs in CT, breast in
-mammograms) and the scanner's padding outside the reconstructed field of view."""
+mammograms), the body (CT) and the scanner's padding outside the reconstructed field of view."""
 from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage
 
 from mcfast.errors import InputError
+
+#: HU above which a CT pixel may belong to the body (:func:`body_mask`).
+BODY_THRESHOLD_HU = -500.0
 
 
 def _check_image(img: np.ndarray, what: str) -> np.ndarray:
@@ -85,6 +88,16 @@ def lung_mask(hu: np.ndarray, threshold: float = -400.0, min_second_fraction: fl
     for lab in keep:
         out |= _close_and_fill(labels == lab, close_r)
     return out
+
+
+def body_mask(hu: np.ndarray, threshold: float = BODY_THRESHOLD_HU) -> np.ndarray:
+    """(H, W) bool: largest connected component of ``hu > threshold`` with its holes filled
+    (so the lungs and the airways inside the body belong to it)."""
+    lab, n = ndimage.label(hu > threshold)
+    if n == 0:
+        return np.zeros(hu.shape, bool)
+    largest = 1 + int(np.argmax(np.bincount(lab.ravel())[1:]))
+    return ndimage.binary_fill_holes(lab == largest)
 
 
 def padding_mask(image: np.ndarray, floor: float = -1.0, radius: int = 2, tolerance: float = 1e-5) -> np.ndarray:

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import scipy.ndimage as ndi
 
+from mcfast.anatomy.masks import body_mask
 from mcfast.errors import InputError
 from mcfast.evaluate.folds import as_images
 from mcfast.io.windows import model_to_hu
@@ -19,7 +20,6 @@ TISSUE_HU_RANGES: dict[str, tuple[float, float]] = {
     "soft_tissue": (10.0, 80.0),
     "bone": (250.0, math.inf),
 }
-BODY_THRESHOLD_HU = -500.0
 
 
 def breast_intensities(images_model_space) -> np.ndarray:
@@ -68,16 +68,6 @@ def edge_profile(images_model_space, depth: int = 6) -> list[float]:
         return [float(v) for v in (sums / counts)[1:]]
 
 
-def body_mask(hu: np.ndarray, threshold: float = BODY_THRESHOLD_HU) -> np.ndarray:
-    """(H, W) bool: largest connected component of ``hu > threshold`` with its holes filled
-    (so the lungs and the airways inside the body belong to it)."""
-    lab, n = ndi.label(hu > threshold)
-    if n == 0:
-        return np.zeros(hu.shape, bool)
-    largest = 1 + int(np.argmax(np.bincount(lab.ravel())[1:]))
-    return ndi.binary_fill_holes(lab == largest)
-
-
 def tissue_hu_medians(images_model_space, masks=None, ranges: dict[str, tuple[float, float]] | None = None) -> dict:
     """Median HU per tissue inside the body of CT images given in model space.
 
@@ -117,3 +107,30 @@ def tissue_hu_medians(images_model_space, masks=None, ranges: dict[str, tuple[fl
         fraction[t] = allv.size / body_total if body_total else math.nan
     return {"median_hu": median, "per_image_median_hu": per_image, "tissue_fraction": fraction,
             "ranges_hu": {t: [lo, hi if math.isfinite(hi) else None] for t, (lo, hi) in ranges.items()}, "n_images": int(len(x))}
+
+
+#: Air pixels above this HU count as "not flat air" in :func:`air_outside_body` (air is about -1000 HU).
+AIR_STRUCTURE_HU = -900.0
+
+
+def air_outside_body(images_model_space, margin: int = 6) -> dict:
+    """The air around a CT body: the pixels outside :func:`body_mask` grown by ``margin`` px and off the
+    scanner padding (:func:`mcfast.anatomy.masks.padding_mask`), pooled over the set.
+
+    Returns ``median_hu``, ``share_above`` (of those pixels above :data:`AIR_STRUCTURE_HU`: threads,
+    blankets, the table's edge), ``n_pixels`` and ``n_images`` (images with any such air); NaN without air.
+    """
+    from mcfast.anatomy.masks import padding_mask
+
+    x = as_images(images_model_space, "images")
+    pooled = []
+    for img in x:
+        hu = np.asarray(model_to_hu(img), np.float32)
+        air = ~ndi.binary_dilation(body_mask(hu), iterations=margin) & ~padding_mask(img)
+        if air.any():
+            pooled.append(hu[air])
+    values = np.concatenate(pooled) if pooled else np.zeros(0, np.float32)
+    if not values.size:
+        return {"median_hu": math.nan, "share_above": math.nan, "n_pixels": 0, "n_images": 0}
+    return {"median_hu": float(np.median(values)), "share_above": float((values > AIR_STRUCTURE_HU).mean()),
+            "n_pixels": int(values.size), "n_images": len(pooled)}

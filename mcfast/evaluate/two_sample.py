@@ -35,8 +35,8 @@ from mcfast.evaluate.hand_features import gradient_histogram, hand_feature_test,
 from mcfast.evaluate.patch_cnn import _sample_crops, _valid_positions  # noqa: F401  (tests/test_two_sample.py)
 from mcfast.evaluate.patch_cnn import PatchCNN, patch_cnn_test
 from mcfast.evaluate.spectrum import DEFAULT_BANDS, radial_power_spectrum, spectrum_band_ratios, spectrum_bands
-from mcfast.evaluate.tissue import (BODY_THRESHOLD_HU, TISSUE_HU_RANGES, body_mask, breast_intensities,
-                                    breast_intensity_distance, tissue_hu_medians)
+from mcfast.anatomy.masks import BODY_THRESHOLD_HU, body_mask
+from mcfast.evaluate.tissue import TISSUE_HU_RANGES, breast_intensities, breast_intensity_distance, tissue_hu_medians
 
 __all__ = [
     "grouped_folds", "PatchCNN", "patch_cnn_test",

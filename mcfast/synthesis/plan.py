@@ -72,7 +72,11 @@ def plan_item(recipe: Recipe, index: int, anatomy: Anatomy | None = None) -> Ite
         anatomy = load_anatomy(modality, a.source, a.path, size, seed, rng, a.slice_index, a.scan_circle,
                                a.per_patient)
     anatomy_model = to_model(modality, anatomy.values)
-    conditions = [Condition.full(anatomy_model, a.factor, a.stop_step, a.filter, name="anatomy")]
+    outside = outside_body_weight(anatomy.values, anatomy_model) if a.outside_factor else None
+    if outside is None:
+        conditions = [Condition.full(anatomy_model, a.factor, a.stop_step, a.filter, name="anatomy")]
+    else:
+        conditions = [Condition(anatomy_model, a.factor, a.stop_step, 1.0 - outside, a.filter, name="anatomy")]
     free = anatomy.tissue.copy()  # tissue not yet used by a lesion: lesions do not overlap
     lesions: list[PlacedLesion] = []
     composite = anatomy_model.copy()
@@ -89,6 +93,9 @@ def plan_item(recipe: Recipe, index: int, anatomy: Anatomy | None = None) -> Ite
                                                   spec.sigma_scale, None, spec.filter, name=f"{spec.category}{j}"))
             lesions.append(lesion)
             free &= ~ndimage.binary_dilation(lesion.mask.astype(bool), iterations=2)
+    if outside is not None:  # after the lesions, so their guidance noise streams stay as they were without it
+        conditions.append(Condition(anatomy_model, a.outside_factor, a.outside_stop_step, outside, a.filter,
+                                    name="outside_body"))
     if a.keep_padding:
         padding = padding_condition(anatomy_model, a.padding_band)
         if padding is not None:
@@ -118,6 +125,35 @@ def yield_to_held(condition: Condition, held: np.ndarray) -> Condition:
     weight[held] = 0.0
     return Condition(condition.ref, condition.factor, condition.stop_step, weight, condition.filter, condition.name,
                      condition.patch)
+
+
+#: Pixels of the body's edge kept in the anatomy condition (the skin is body), and the feather (Gaussian σ,
+#: pixels) of the step between the two conditions' weights, so the switch of factor leaves no seam.
+OUTSIDE_MARGIN_PX = 4
+OUTSIDE_FEATHER_PX = 2.0
+
+
+def outside_body_weight(anatomy_values: np.ndarray, anatomy_model: np.ndarray) -> np.ndarray | None:
+    """(H, W) float32 weight in [0, 1] of the CT reference's air around the body (outside
+    :func:`mcfast.anatomy.masks.body_mask`, grown by ``OUTSIDE_MARGIN_PX``, feathered), 0 on its
+    scanner padding; None when there is no such air.
+
+    Why: guided at the anatomy's coarse factor (8 at 512²), the air around the body is held only in its
+    mean; below that scale the network draws threads and blotches there (about -950 HU) where a scan has
+    flat air with fine noise: the model was trained on 64² crops, and a crop of air near a blanket or a
+    table looks like one far from any. The anatomy condition keeps 1 − this weight, so the two corrections
+    never act twice on one pixel; the padding, held to the last step by its own condition, is left to it.
+    """
+    from mcfast.anatomy.masks import body_mask, padding_mask
+
+    body = body_mask(np.asarray(anatomy_values, np.float32))
+    padding = padding_mask(anatomy_model)
+    outside = ~ndimage.binary_dilation(body, iterations=OUTSIDE_MARGIN_PX) & ~padding
+    if not outside.any():
+        return None
+    weight = ndimage.gaussian_filter(outside.astype(np.float32), OUTSIDE_FEATHER_PX)
+    weight[body | padding] = 0.0
+    return np.clip(weight, 0.0, 1.0)
 
 
 def padding_condition(anatomy_model: np.ndarray, band: int = 0) -> Condition | None:

@@ -61,6 +61,10 @@ class AnatomySpec:
     # With keep_padding: also hold the first this many pixels of the image beside the padding (a film's skin
     # line: the model draws the breast edge as a ramp about 5 pixels wide where a film has a step; 0 = off).
     padding_band: int = 0
+    # CT only: outside the body (mcfast.anatomy.masks.body_mask of the reference) guide at this finer factor
+    # down to outside_stop_step instead of at factor / stop_step (0 = off; mcfast.synthesis.plan.outside_body_weight).
+    outside_factor: int = 0
+    outside_stop_step: int = 0
     # CT phantom only: draw the scanner's reconstruction circle (padding at the floor outside it), as a real
     # slice has (mcfast.anatomy.phantom.lung_phantom_labels).
     scan_circle: bool = False
@@ -252,6 +256,13 @@ def validate(recipe: Recipe) -> Recipe:
     if a.padding_band and not a.keep_padding:
         raise InputError(f"{where}: anatomy.padding_band = {a.padding_band} holds pixels beside the kept padding; "
                          "it needs anatomy.keep_padding = true")
+    if a.outside_factor:
+        if recipe.modality != "ct":
+            raise InputError(f"{where}: anatomy.outside_factor guides the air around a CT body; it needs "
+                             f"recipe.modality = 'ct' (a mammogram's background is its padding: keep_padding)")
+        _check_guidance(a.outside_factor, a.outside_stop_step, a.filter, recipe.image_size, "anatomy.outside", where)
+    elif a.outside_stop_step:
+        raise InputError(f"{where}: anatomy.outside_stop_step = {a.outside_stop_step} needs anatomy.outside_factor")
     if a.per_patient and a.source != "prepared":
         raise InputError(f"{where}: anatomy.per_patient draws from a prepared folder's patients; it needs "
                          f"anatomy.source = 'prepared', got {a.source!r}")
