@@ -52,7 +52,7 @@ GRID_KEYS = {"deterministic_below": "sampler", "eps_scale": "sampler", "padding_
              "start_step": "sampler", "factor": "anatomy", "stop_step": "anatomy", "outside_factor": "anatomy",
              "outside_stop_step": "anatomy"}
 #: Beside deterministic_below and eps_scale (always shown), in this order; None: the recipe's own.
-OPTIONAL_KEYS = ("padding_band", "steps", "start_step", "factor", "stop_step", "outside_factor", "outside_stop_step")
+OPTIONAL_KEYS = tuple(key for key in GRID_KEYS if key not in ("deterministic_below", "eps_scale"))
 #: Settings that change how many network calls an image takes (the report shows the count beside them).
 CALLS_KEYS = ("steps", "start_step")
 

@@ -73,3 +73,17 @@ def test_bad_outside_settings_name_the_key(anatomy, modality, match):
     with pytest.raises(InputError, match=match):
         recipe_from_dict({"recipe": {"modality": modality, "image_size": SIZE},
                           "anatomy": {"source": "phantom", **anatomy}}, source="t.toml")
+
+
+def test_air_outside_body_sees_threads_in_the_air_not_the_body():
+    from mcfast.evaluate.tissue import air_outside_body
+    flat = _slice()
+    threads = flat.copy()
+    threads[10:118, 20] = -850.0  # a thread in the air, outside the body disc (radius 38 px)
+    threads[10:118, 107] = -850.0
+    x = np.stack([np.asarray(hu_to_model(flat)), np.asarray(hu_to_model(threads))])
+    flat_air, thread_air = air_outside_body(x[:1]), air_outside_body(x[1:])
+    assert flat_air["n_images"] == 1 and flat_air["share_above"] == 0.0 and abs(flat_air["median_hu"] + 1000) < 5
+    assert thread_air["share_above"] > 0.01
+    body_only = np.full((1, SIZE, SIZE), np.asarray(hu_to_model(np.full((1, 1), 40.0, np.float32)))[0, 0])
+    assert air_outside_body(body_only)["n_images"] == 0

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import scipy.ndimage as ndi
 
-from mcfast.anatomy.masks import body_mask
+from mcfast.anatomy.masks import body_mask, padding_mask
 from mcfast.errors import InputError
 from mcfast.evaluate.folds import as_images
 from mcfast.io.windows import model_to_hu
@@ -120,8 +120,6 @@ def air_outside_body(images_model_space, margin: int = 6) -> dict:
     Returns ``median_hu``, ``share_above`` (of those pixels above :data:`AIR_STRUCTURE_HU`: threads,
     blankets, the table's edge), ``n_pixels`` and ``n_images`` (images with any such air); NaN without air.
     """
-    from mcfast.anatomy.masks import padding_mask
-
     x = as_images(images_model_space, "images")
     pooled = []
     for img in x:

@@ -73,10 +73,8 @@ def plan_item(recipe: Recipe, index: int, anatomy: Anatomy | None = None) -> Ite
                                a.per_patient)
     anatomy_model = to_model(modality, anatomy.values)
     outside = outside_body_weight(anatomy.values, anatomy_model) if a.outside_factor else None
-    if outside is None:
-        conditions = [Condition.full(anatomy_model, a.factor, a.stop_step, a.filter, name="anatomy")]
-    else:
-        conditions = [Condition(anatomy_model, a.factor, a.stop_step, 1.0 - outside, a.filter, name="anatomy")]
+    conditions = [Condition(anatomy_model, a.factor, a.stop_step, None if outside is None else 1.0 - outside, a.filter,
+                            name="anatomy")]
     free = anatomy.tissue.copy()  # tissue not yet used by a lesion: lesions do not overlap
     lesions: list[PlacedLesion] = []
     composite = anatomy_model.copy()
