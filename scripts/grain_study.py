@@ -271,6 +271,8 @@ def main() -> None:
         # Whether the recipes take the pick is a decision recorded in the config, not a measurement.
         decision = {k: cfg["synthesis"][k] for k in ("apply", "not_applied_because") if k in cfg["synthesis"]}
         if decision:
+            for key in ("apply", "not_applied_because"):  # a reason withheld earlier goes once the pick is applied
+                res["config"]["synthesis"].pop(key, None)
             res["config"]["synthesis"].update(decision)
             write_text(args.results / f"{name}.json", json.dumps(res, indent=1, default=float) + "\n")
     else:

@@ -114,16 +114,18 @@ def test_the_phantom_ct_study_pick_is_withheld_with_its_reason():
     assert "Not applied" in (REPO / "docs" / "results" / "grain_ct_phantom.md").read_text()
 
 
-def test_the_outside_study_pick_is_withheld_until_the_next_realism_report():
+def test_the_ct_recipe_carries_the_outside_study_pick():
     study = json.loads((REPO / "docs" / "results" / "outside_ct.json").read_text())
     config = tomllib.loads((REPO / "configs" / "outside_ct.toml").read_text())
     rows = study["rows"][1:]
     assert [(r["outside_factor"], r["outside_stop_step"]) for r in rows] == [
-        (entry.get("outside_factor", 0), entry.get("outside_stop_step", 0)) for entry in config["synthesis"]["grid"]]
+        (entry["outside_factor"], entry["outside_stop_step"]) for entry in config["synthesis"]["grid"]]
     assert study["pick"] == _grain_study().pick(rows, config["synthesis"])
-    assert config["synthesis"]["apply"] is False and config["synthesis"]["not_applied_because"]
-    assert load_recipe(REPO / "configs" / "lung_ct_real512.toml").anatomy.outside_factor == 0
-    assert "Not applied" in (REPO / "docs" / "results" / "outside_ct.md").read_text()
+    assert config["synthesis"]["apply"] is True and "not_applied_because" not in study["config"]["synthesis"]
+    anatomy = load_recipe(REPO / "configs" / "lung_ct_real512.toml").anatomy
+    assert (anatomy.outside_factor, anatomy.outside_stop_step) == (study["pick"]["outside_factor"],
+                                                                   study["pick"]["outside_stop_step"])
+    assert "Not applied" not in (REPO / "docs" / "results" / "outside_ct.md").read_text()
 
 
 def test_the_edge_study_pick_is_withheld_with_its_reason():
