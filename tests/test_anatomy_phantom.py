@@ -52,10 +52,7 @@ def test_lung_phantom_deterministic_and_seed_dependent():
 def test_lung_phantom_hu_plausible(seed):
     hu, lab = lung_phantom_labels(128, seed=seed)
     assert -950 <= hu[lab["lung"]].mean() <= -750
-    if lab["blood"].any():  # a contrast-enhanced seed: bright blood in the heart's chambers
-        assert 110 <= np.median(hu[_core(lab["blood"])]) <= 300
-    else:
-        assert 0 <= np.median(hu[_core(lab["heart"])]) <= 80
+    assert 0 <= np.median(hu[_core(lab["heart"])]) <= 80
     assert 0 <= np.median(hu[_core(lab["muscle"], 1)]) <= 80
     assert -150 <= np.median(hu[_core(lab["fat"], 1)]) <= -50
     assert np.median(hu[lab["bone"]]) >= 300
@@ -63,19 +60,6 @@ def test_lung_phantom_hu_plausible(seed):
     assert hu.min() >= -1024 and hu.max() <= 3071
     lungs, n = ndimage.label(lab["lung"])
     assert n == 2 and (lab["lung"] <= lab["body"]).all()
-
-
-def test_lung_phantom_anatomy_varies_like_real_patients():
-    """Body width and shape, fat and contrast vary between seeds (a fixed outline gave the phantom away)."""
-    widths, aspects, enhanced = [], [], []
-    for seed in range(16):
-        _, lab = lung_phantom_labels(128, seed=seed, noise_hu=0)
-        rows, cols = np.nonzero(lab["body"])
-        widths.append(np.ptp(cols) / 128)
-        aspects.append(np.ptp(rows) / np.ptp(cols))
-        enhanced.append(lab["blood"].any())
-    assert np.ptp(widths) > 0.12 and np.ptp(aspects) > 0.1
-    assert 3 <= sum(enhanced) <= 13  # about half the seeds are contrast-enhanced scans
 
 
 def test_lung_phantom_noise_and_options():

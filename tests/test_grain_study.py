@@ -101,6 +101,20 @@ def test_the_phantom_ct_recipe_carries_the_phantom_guidance_pick():
     assert (anatomy.factor, anatomy.stop_step) == (study["pick"]["factor"], study["pick"]["stop_step"])
 
 
+def test_the_phantom_ct_recipe_carries_the_phantom_air_steps_pick():
+    study = json.loads((REPO / "docs" / "results" / "phantom_air_steps_ct.json").read_text())
+    config = tomllib.loads((REPO / "configs" / "phantom_air_steps_ct.toml").read_text())
+    rows = study["rows"][1:]
+    assert [(r["steps"], r["outside_factor"], r["outside_stop_step"]) for r in rows] == [
+        ("50", 0, 0), ("50", 2, 20), ("100", 2, 20)]
+    assert len(config["synthesis"]["grid"]) == len(rows) and config["synthesis"]["grid"][0] == {}
+    assert study["pick"] == _grain_study().pick(rows, config["synthesis"])
+    recipe = load_recipe(REPO / "configs" / "lung_ct_phantom512.toml")
+    assert (recipe.sampler.steps, recipe.anatomy.outside_factor, recipe.anatomy.outside_stop_step) == (
+        study["pick"]["steps"], study["pick"]["outside_factor"], study["pick"]["outside_stop_step"])
+    assert "reverted" in study["config"]["report"]["title"]  # its rows measured a phantom no longer drawn
+
+
 def test_the_phantom_ct_study_pick_is_withheld_with_its_reason():
     study = json.loads((REPO / "docs" / "results" / "grain_ct_phantom.json").read_text())
     config = tomllib.loads((REPO / "configs" / "grain_ct_phantom.toml").read_text())

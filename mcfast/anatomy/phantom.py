@@ -5,16 +5,10 @@ seed gives one reproducible anatomy and the same anatomy at any resolution (geom
 normalised coordinates; only rasterisation and noise depend on ``size``).
 
 Layers, outside in: air/background (-1000) with a patient table, body (skin + subcutaneous fat
-about -100), a muscle ring (about 40) with the pectoral and paraspinal muscles and fat planes between
-muscle groups, the thoracic cavity (mediastinal fat) holding two lungs (parenchyma about -850 with a
-gravity-dependent gradient, vessel trees and cross-cut vessels of 0-40 HU), the heart, the descending
-aorta, the spine (cortical shell ~900, cancellous ~400) and ribs. Half of the seeds are contrast-enhanced
-scans: the blood in the heart and aorta is 130-280 HU inside a myocardium of about 45 HU.
+about -100), a muscle ring (about 40), the thoracic cavity (mediastinal fat) holding two lungs
+(parenchyma about -850 with a gravity-dependent gradient and vessel trees of 0-40 HU), the heart
+(about 40), the descending aorta, the spine (cortical shell ~900, cancellous ~400) and ribs.
 CT-like correlated noise is added last.
-
-Body size and shape, fat thickness, lung size and the table's distance vary over the ranges of the
-training slices (configs/ct_real_data.toml, measured 2026-12-07: body width 0.52-1.00 of the field,
-height / width 0.45-1.26, body 18-78 % of the pixels), so that no fixed body outline gives the phantom away.
 
 ``breast_phantom`` lives in :mod:`mcfast.anatomy.breast_phantom`; the curve, rasterisation and noise
 helpers both use are in :mod:`mcfast.anatomy.geometry`.
@@ -34,9 +28,6 @@ SOFT_TISSUE_HU = 40.0
 LUNG_HU = -850.0
 HEART_HU = 40.0
 VESSEL_HU = 35.0
-MYOCARDIUM_HU = 45.0
-ENHANCED_BLOOD_HU = (130.0, 280.0)  # iodinated contrast in the blood pool (a contrast-enhanced chest CT)
-CONTRAST_PROBABILITY = 0.5
 CANCELLOUS_BONE_HU = 400.0
 CORTICAL_BONE_HU = 900.0
 RIB_HU = 700.0
@@ -109,9 +100,8 @@ def _vessel_field(lungs: list[np.ndarray], hila: list[tuple[float, float, float]
     for lung in lungs:
         pts = np.argwhere(lung)
         if len(pts):
-            # vessels cut across by the slice: in a real slice most vessels are dots, not branches
-            for py, px in pts[rng.integers(0, len(pts), int(rng.integers(20, 45)))]:
-                rad = rng.uniform(0.5, 1.5) * scale
+            for py, px in pts[rng.integers(0, len(pts), int(rng.integers(6, 14)))]:
+                rad = rng.uniform(0.5, 1.3) * scale
                 value = min(1.0, 0.4 + 0.3 * rad / scale) * min(1.0, (rad / 0.5) ** 2)
                 discs.append((float(px), float(py), max(rad, 0.5), value))
     _stamp_discs(field, discs)
@@ -126,8 +116,7 @@ def lung_phantom_labels(size: int = 256, seed: int = 0, heart: bool = True, spin
 
     Returns ``(hu, labels)``: ``hu`` float32 (size, size) in Hounsfield units clipped to [-1024, 3071];
     ``labels`` bool (size, size) masks: ``body``, ``lung`` (vessels inside included), ``heart``,
-    ``bone``, ``fat`` (subcutaneous), ``muscle`` (chest wall), ``air`` (outside body and table), ``blood``
-    (the contrast-enhanced heart chambers and aorta; empty in a seed without contrast).
+    ``bone``, ``fat`` (subcutaneous), ``muscle`` (chest-wall ring), ``air`` (outside body and table).
     Deterministic per ``seed``; the same seed gives the same anatomy at every ``size``.
     ``scan_circle``: outside the inscribed circle the slice is scanner padding at -1024 HU (the floor), as
     a real slice is outside its reconstruction circle (85 of the 105 training slices of
@@ -145,15 +134,14 @@ def lung_phantom_labels(size: int = 256, seed: int = 0, heart: bool = True, spin
 
     # ---- geometry in normalised coordinates (u = column, v = row, both in [-1, 1]) ----
     cx, cy = geo.uniform(-0.02, 0.02), geo.uniform(0.0, 0.06)
-    a_body = geo.uniform(0.74, 0.95)
-    b_body = a_body * geo.uniform(0.60, 0.80)
+    a_body, b_body = geo.uniform(0.80, 0.88), geo.uniform(0.52, 0.60)
     body_ctrl = ellipse_ctrl(geo, 16, 0.0, 0.0, a_body, b_body, 0.025)
     post = body_ctrl[:, 1] > 0  # flatter back (the patient lies on it) and a flatter front
     body_ctrl[post, 1] = b_body * (body_ctrl[post, 1] / b_body) ** 0.75
     body_ctrl[~post, 1] = -b_body * (-body_ctrl[~post, 1] / b_body) ** 0.9
     body_ctrl += (cx, cy)
-    fat = min(geo.uniform(0.02, 0.11), 0.22 * b_body)  # lean to obese
-    muscle = geo.uniform(0.035, 0.06)
+    fat = geo.uniform(0.03, 0.07)
+    muscle = geo.uniform(0.04, 0.06)
     centre = np.array([cx, cy])
     muscle_ctrl = centre + (body_ctrl - centre) * (1 - fat / b_body)
     cavity_ctrl = centre + (body_ctrl - centre) * (1 - (fat + muscle) / b_body)
@@ -163,7 +151,7 @@ def lung_phantom_labels(size: int = 256, seed: int = 0, heart: bool = True, spin
     def cavity_to_uv(pq: np.ndarray) -> np.ndarray:
         return np.stack([cx + cav_a * pq[:, 0], cy + cav_b * pq[:, 1]], axis=1)
 
-    lung_scale = geo.uniform(0.90, 1.06)
+    lung_scale = geo.uniform(0.98, 1.06)
     lungs_pq = []
     for template in (_RIGHT_LUNG, _LEFT_LUNG):
         pq = template * lung_scale + geo.normal(0, 0.03, template.shape)
@@ -199,50 +187,16 @@ def lung_phantom_labels(size: int = 256, seed: int = 0, heart: bool = True, spin
     rad = geo.uniform(0.075, 0.09) * a_body / 0.84
     vertebra_ctrl = ellipse_ctrl(geo, 10, s_uv[0], s_uv[1], rad * 1.1, rad, 0.03)
     canal_ctrl = ellipse_ctrl(geo, 8, s_uv[0], s_uv[1] + 1.45 * rad, 0.45 * rad, 0.4 * rad, 0.02)
-    enhanced = geo.random() < CONTRAST_PROBABILITY
-    blood_hu = geo.uniform(*ENHANCED_BLOOD_HU) if enhanced else HEART_HU
-    # paraspinal (erector spinae) muscles either side of the spinous process, pectorals under the front wall
-    paraspinal_ctrl = [ellipse_ctrl(geo, 8, s_uv[0] + side * 1.9 * rad, s_uv[1] + 2.3 * rad,
-                                    geo.uniform(1.1, 1.5) * rad, geo.uniform(1.0, 1.3) * rad, 0.08)
-                       for side in (-1, 1)]
-    front = cy - b_body + fat  # the pectorals lie on the ribs and bulge into the subcutaneous fat
-    pectoral_ctrl = [ellipse_ctrl(geo, 8, cx + side * geo.uniform(0.28, 0.38) * a_body, front + geo.uniform(0.0, 0.02),
-                                  geo.uniform(0.16, 0.24) * a_body, geo.uniform(0.03, 0.045), 0.08,
-                                  angle=side * geo.uniform(0.15, 0.35))
-                     for side in (-1, 1)]
-    # fat planes between muscle groups: short radial lines across the muscle ring
-    fat_planes = geo.uniform(0, 2 * np.pi, int(geo.integers(3, 7)))
-    table_gap = geo.uniform(0.004, 0.03)  # a mattress or nothing between the back and the table
-
-    for ctrl in paraspinal_ctrl + pectoral_ctrl:
-        hu[fill_curve(closed_bspline(ctrl), size) & body & ~cavity & ~skin] = SOFT_TISSUE_HU
-    centres = (np.arange(size) + 0.5) / size * 2 - 1  # pixel centres in normalised coordinates (rows = columns)
-    angle = np.arctan2(centres[:, None] - cy, centres[None, :] - cx)
-    half_width = max(1.0, size / 256) / (0.5 * size * a_body)  # about a pixel wide at the body's edge, in radians
-    muscle_in = muscle_in | (body & ~skin & (hu == SOFT_TISSUE_HU))  # the muscles belong to the muscle label
-    for plane in fat_planes:
-        across = np.abs(np.angle(np.exp(1j * (angle - plane)))) < half_width
-        across &= muscle_in & ~cavity
-        hu[across] = FAT_HU
-        muscle_in &= ~across
 
     occupied = np.zeros((size, size), dtype=bool)
     heart_mask = np.zeros((size, size), dtype=bool)
-    blood = np.zeros((size, size), dtype=bool)  # the contrast-enhanced blood pool (none without contrast)
     if heart:
         heart_mask = fill_curve(closed_bspline(heart_ctrl), size) & cavity
-        hu[heart_mask] = MYOCARDIUM_HU if enhanced else HEART_HU
-        # the chambers: with contrast the blood pool is bright inside the myocardium (about 8 mm thick)
-        chambers = ndimage.binary_erosion(heart_mask, iterations=max(1, size // 64))
-        hu[chambers] = blood_hu
-        if enhanced:
-            blood |= chambers
+        hu[heart_mask] = HEART_HU
         occupied |= ndimage.binary_dilation(heart_mask, iterations=max(1, size // 128))
     # descending aorta, left-anterior of the spine
     aorta = fill_curve(closed_bspline(aorta_ctrl), size)
-    hu[aorta] = blood_hu
-    if enhanced:
-        blood |= aorta
+    hu[aorta] = SOFT_TISSUE_HU
     occupied |= aorta
 
     bone = np.zeros((size, size), dtype=bool)
@@ -306,7 +260,7 @@ def lung_phantom_labels(size: int = 256, seed: int = 0, heart: bool = True, spin
     table_mask = np.zeros((size, size), dtype=bool)
     if table:
         lowest = np.nonzero(body.any(axis=1))[0].max() if body.any() else size - 1
-        top = min(size - 2, lowest + max(1, int(round(table_gap * size))))
+        top = min(size - 2, lowest + max(2, size // 64))
         cols = np.arange(size)
         sag = ((cols - size / 2) / (size / 2)) ** 2 * size * 0.02  # table curves up at the sides
         rr = np.arange(size)[:, None]
@@ -323,7 +277,7 @@ def lung_phantom_labels(size: int = 256, seed: int = 0, heart: bool = True, spin
     np.clip(hu, -1024.0, 3071.0, out=hu)
     labels = {"body": body, "lung": lung, "heart": heart_mask & ~bone,
               "bone": bone, "fat": body & ~muscle_in & ~skin & ~bone,
-              "muscle": muscle_in & ~cavity & ~bone, "air": ~body & ~table_mask, "blood": blood & ~bone}
+              "muscle": muscle_in & ~cavity & ~bone, "air": ~body & ~table_mask}
     if scan_circle:
         rr, cc = np.mgrid[:size, :size]
         outside = np.hypot(rr - (size - 1) / 2, cc - (size - 1) / 2) > size / 2
