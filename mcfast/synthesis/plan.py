@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
+from mcfast.anatomy.masks import body_mask, padding_mask
 from mcfast.errors import InputError
 from mcfast.guidance.conditions import Condition
 from mcfast.seeding import item_seed
@@ -142,8 +143,6 @@ def outside_body_weight(anatomy_values: np.ndarray, anatomy_model: np.ndarray) -
     table looks like one far from any. The anatomy condition keeps 1 − this weight, so the two corrections
     never act twice on one pixel; the padding, held to the last step by its own condition, is left to it.
     """
-    from mcfast.anatomy.masks import body_mask, padding_mask
-
     body = body_mask(np.asarray(anatomy_values, np.float32))
     padding = padding_mask(anatomy_model)
     outside = ~ndimage.binary_dilation(body, iterations=OUTSIDE_MARGIN_PX) & ~padding
@@ -169,8 +168,6 @@ def padding_condition(anatomy_model: np.ndarray, band: int = 0) -> Condition | N
     it as a ramp about 5 pixels wide (docs/guidance.md, "Scanner padding"); holding a band of the
     reference's own edge pixels keeps the step.
     """
-    from mcfast.anatomy.masks import padding_mask
-
     mask = padding_mask(anatomy_model)
     if not mask.any():
         return None
