@@ -115,6 +115,18 @@ def test_the_phantom_ct_recipe_carries_the_phantom_air_steps_pick():
     assert "reverted" in study["config"]["report"]["title"]  # its rows measured a phantom no longer drawn
 
 
+def test_the_phantom_ct_recipe_carries_the_phantom_fine_pick():
+    study = json.loads((REPO / "docs" / "results" / "phantom_fine_ct.json").read_text())
+    config = tomllib.loads((REPO / "configs" / "phantom_fine_ct.toml").read_text())
+    rows = study["rows"][1:]
+    assert [(r["factor"], r["outside_factor"], r["outside_stop_step"]) for r in rows] == [
+        (entry["factor"], entry["outside_factor"], entry["outside_stop_step"]) for entry in config["synthesis"]["grid"]]
+    assert study["pick"] == _grain_study().pick(rows, config["synthesis"])
+    anatomy = load_recipe(REPO / "configs" / "lung_ct_phantom512.toml").anatomy
+    assert (anatomy.factor, anatomy.outside_factor, anatomy.outside_stop_step) == (
+        study["pick"]["factor"], study["pick"]["outside_factor"], study["pick"]["outside_stop_step"])
+
+
 def test_the_phantom_ct_study_pick_is_withheld_with_its_reason():
     study = json.loads((REPO / "docs" / "results" / "grain_ct_phantom.json").read_text())
     config = tomllib.loads((REPO / "configs" / "grain_ct_phantom.toml").read_text())
