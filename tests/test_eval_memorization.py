@@ -50,6 +50,25 @@ def test_ncc_matches_direct_computation_for_a_shift():
     assert res["ncc"][0] == pytest.approx(best, abs=1e-9)
 
 
+def test_an_excluded_training_image_is_never_the_nearest():
+    """A synthetic image guided by a training image is that image's near-copy by design; excluding it
+    per item, the nearest is another training image (and an item with nothing excluded is unchanged)."""
+    rng = np.random.default_rng(3)
+    train = _textures(rng, 5, 24)
+    synthetic = np.stack([train[2], train[3], train[2]])
+    for chunk in (1, None):  # the exclusion follows each item across chunks
+        res = max_ncc(synthetic, train, max_shift=2, chunk=chunk, exclude=[2, -1, -1])
+        assert res["index"][0] != 2 and res["ncc"][0] < 0.5
+        assert res["index"][1] == 3 and res["ncc"][1] == pytest.approx(1.0, abs=1e-9)
+        assert res["index"][2] == 2 and res["ncc"][2] == pytest.approx(1.0, abs=1e-9)
+    with pytest.raises(InputError, match="exclude needs one training index"):
+        max_ncc(synthetic, train, max_shift=2, exclude=[2, 5, -1])
+    with pytest.raises(InputError, match="exclude needs one training index"):
+        max_ncc(synthetic, train, max_shift=2, exclude=[2])
+    with pytest.raises(InputError, match="no training image"):
+        max_ncc(synthetic[:1], train[:1], max_shift=2, exclude=[0])
+
+
 def test_bad_shapes_rejected():
     with pytest.raises(InputError, match="one size"):
         max_ncc(np.zeros((2, 16, 16)), np.zeros((2, 8, 8)))

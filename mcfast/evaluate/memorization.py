@@ -46,11 +46,16 @@ def _corr(fa: torch.Tensor, fb: torch.Tensor, shape: tuple[int, int], max_shift:
 
 
 def max_ncc(synthetic: np.ndarray, training: np.ndarray, max_shift: int = 8, chunk: int | None = None,
-            min_overlap: float = 0.5, progress: Callable[[str], None] | None = None) -> dict:
+            min_overlap: float = 0.5, progress: Callable[[str], None] | None = None,
+            exclude=None) -> dict:
     """For each synthetic image: best NCC over all training images and shifts.
 
     Returns ``ncc`` (S,), ``index`` (S,) of the nearest training image and ``shift`` (S, 2)
     (dy, dx) such that synthetic[y, x] ≈ training[y + dy, x + dx].
+
+    ``exclude``: per synthetic image, a training index it is not compared with (-1: none). An image
+    guided by a training image (real-slice or film anatomy) is close to that one by design; excluding
+    it asks whether the image is close to any *other* training image.
     """
     a = torch.from_numpy(np.asarray(synthetic, np.float64))
     b = torch.from_numpy(np.asarray(training, np.float64))
@@ -61,6 +66,12 @@ def max_ncc(synthetic: np.ndarray, training: np.ndarray, max_shift: int = 8, chu
         raise InputError(f"memorization: max_shift {max_shift} must be in [0, {min(h, w) // 2})")
     if len(b) == 0 or len(a) == 0:
         raise InputError("memorization: empty image set")
+    skip = torch.full((len(a),), -1, dtype=torch.long) if exclude is None else torch.as_tensor(np.asarray(exclude, np.int64))
+    if skip.shape != (len(a),) or bool(((skip < -1) | (skip >= len(b))).any()):
+        raise InputError(f"memorization: exclude needs one training index in [-1, {len(b)}) per synthetic image "
+                         f"({len(a)}), got {np.asarray(exclude).tolist()}")
+    if len(b) == 1 and bool((skip == 0).any()):
+        raise InputError("memorization: exclude leaves no training image to compare with")
     shape = (h + max_shift, w + max_shift)  # zero padding: no wrap-around for |s| <= max_shift
 
     def fft(t):
@@ -91,6 +102,9 @@ def max_ncc(synthetic: np.ndarray, training: np.ndarray, max_shift: int = 8, chu
         den = torch.sqrt(torch.clamp(var_a[:, None] * var_b[None], min=0.0))
         ncc = torch.where(den > 1e-12 * n, num / torch.clamp(den, min=1e-300), torch.zeros_like(num))
         ncc = torch.where(valid, ncc, torch.full_like(ncc, -2.0)).clamp(max=1.0)
+        own = skip[start:start + len(ac)]
+        rows = torch.nonzero(own >= 0).flatten()
+        ncc[rows, own[rows]] = -2.0  # below any NCC: an excluded pair is never the nearest
         flat = ncc.reshape(len(ac), -1)
         val, arg = flat.max(1)
         best[start:start + len(ac)] = val
