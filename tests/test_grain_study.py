@@ -21,6 +21,16 @@ def _grain_study():
     return module
 
 
+def _study(name: str) -> tuple[dict, dict, list[dict]]:
+    """A study's results, its config and its grid rows (row 0, the real-vs-real floor, left out), after
+    checking that the recorded pick is the one the config's rule makes from those rows."""
+    study = json.loads((REPO / "docs" / "results" / f"{name}.json").read_text())
+    config = tomllib.loads((REPO / "configs" / f"{name}.toml").read_text())
+    rows = study["rows"][1:]
+    assert study["pick"] == _grain_study().pick(rows, config["synthesis"])
+    return study, config, rows
+
+
 def _row(below: int, auc: float) -> dict:
     return {"deterministic_below": below, "eps_scale": 1.0, "hand_feature_auc": auc}
 
@@ -64,12 +74,9 @@ def test_worse_auc_rule_brings_down_the_larger_of_the_two_tests():
     ("grain_ct", ("lung_ct_real512.toml", "lung_ct_phantom512.toml")),  # the phantom: grain_ct_phantom withheld
 ])
 def test_the_recipes_carry_the_study_pick(study_name, recipes):
-    study = json.loads((REPO / "docs" / "results" / f"{study_name}.json").read_text())
-    config = tomllib.loads((REPO / "configs" / f"{study_name}.toml").read_text())
+    study, config, rows = _study(study_name)
     grid = [tuple(pair) for pair in config["synthesis"]["grid"]]
-    rows = study["rows"][1:]  # row 0 is the real-vs-real floor
     assert [(r["deterministic_below"], r["eps_scale"]) for r in rows] == grid
-    assert study["pick"] == _grain_study().pick(rows, config["synthesis"])
     for recipe in recipes:
         sampler = load_recipe(REPO / "configs" / recipe).sampler
         assert sampler.deterministic_below == study["pick"]["deterministic_below"], recipe
@@ -77,11 +84,8 @@ def test_the_recipes_carry_the_study_pick(study_name, recipes):
 
 
 def test_the_real_slice_ct_recipe_carries_the_tail_study_pick():
-    study = json.loads((REPO / "docs" / "results" / "tail_ct.json").read_text())
-    config = tomllib.loads((REPO / "configs" / "tail_ct.toml").read_text())
-    rows = study["rows"][1:]
+    study, config, rows = _study("tail_ct")
     assert [{"steps": r["steps"]} for r in rows] == config["synthesis"]["grid"]
-    assert study["pick"] == _grain_study().pick(rows, config["synthesis"])
     sampler = load_recipe(REPO / "configs" / "lung_ct_real512.toml").sampler
     assert sampler.steps == study["pick"]["steps"]
     assert (sampler.deterministic_below, sampler.eps_scale) == (study["pick"]["deterministic_below"],
@@ -89,26 +93,20 @@ def test_the_real_slice_ct_recipe_carries_the_tail_study_pick():
 
 
 def test_the_phantom_ct_recipe_carries_the_phantom_guidance_pick():
-    study = json.loads((REPO / "docs" / "results" / "phantom_guidance_ct.json").read_text())
-    config = tomllib.loads((REPO / "configs" / "phantom_guidance_ct.toml").read_text())
-    rows = study["rows"][1:]
+    study, config, rows = _study("phantom_guidance_ct")
     anatomy = load_recipe(REPO / "configs" / "lung_ct_phantom512.toml").anatomy
     # a silent entry is the recipe's own: every row states the factor and stop step it ran with
     assert [(r["factor"], r["stop_step"]) for r in rows] == [
         (entry.get("factor", anatomy.factor), entry.get("stop_step", anatomy.stop_step))
         for entry in config["synthesis"]["grid"]]
-    assert study["pick"] == _grain_study().pick(rows, config["synthesis"])
     assert (anatomy.factor, anatomy.stop_step) == (study["pick"]["factor"], study["pick"]["stop_step"])
 
 
 def test_the_phantom_ct_recipe_carries_the_phantom_air_steps_pick():
-    study = json.loads((REPO / "docs" / "results" / "phantom_air_steps_ct.json").read_text())
-    config = tomllib.loads((REPO / "configs" / "phantom_air_steps_ct.toml").read_text())
-    rows = study["rows"][1:]
+    study, config, rows = _study("phantom_air_steps_ct")
     assert [(r["steps"], r["outside_factor"], r["outside_stop_step"]) for r in rows] == [
         ("50", 0, 0), ("50", 2, 20), ("100", 2, 20)]
     assert len(config["synthesis"]["grid"]) == len(rows) and config["synthesis"]["grid"][0] == {}
-    assert study["pick"] == _grain_study().pick(rows, config["synthesis"])
     recipe = load_recipe(REPO / "configs" / "lung_ct_phantom512.toml")
     assert (recipe.sampler.steps, recipe.anatomy.outside_factor, recipe.anatomy.outside_stop_step) == (
         study["pick"]["steps"], study["pick"]["outside_factor"], study["pick"]["outside_stop_step"])
@@ -116,23 +114,17 @@ def test_the_phantom_ct_recipe_carries_the_phantom_air_steps_pick():
 
 
 def test_the_phantom_ct_recipe_carries_the_phantom_fine_pick():
-    study = json.loads((REPO / "docs" / "results" / "phantom_fine_ct.json").read_text())
-    config = tomllib.loads((REPO / "configs" / "phantom_fine_ct.toml").read_text())
-    rows = study["rows"][1:]
+    study, config, rows = _study("phantom_fine_ct")
     assert [(r["factor"], r["outside_factor"], r["outside_stop_step"]) for r in rows] == [
         (entry["factor"], entry["outside_factor"], entry["outside_stop_step"]) for entry in config["synthesis"]["grid"]]
-    assert study["pick"] == _grain_study().pick(rows, config["synthesis"])
     anatomy = load_recipe(REPO / "configs" / "lung_ct_phantom512.toml").anatomy
     assert (anatomy.factor, anatomy.outside_factor, anatomy.outside_stop_step) == (
         study["pick"]["factor"], study["pick"]["outside_factor"], study["pick"]["outside_stop_step"])
 
 
 def test_the_phantom_ct_study_pick_is_withheld_with_its_reason():
-    study = json.loads((REPO / "docs" / "results" / "grain_ct_phantom.json").read_text())
-    config = tomllib.loads((REPO / "configs" / "grain_ct_phantom.toml").read_text())
-    rows = study["rows"][1:]
+    study, config, rows = _study("grain_ct_phantom")
     assert [[r["deterministic_below"], r["eps_scale"]] for r in rows] == config["synthesis"]["grid"]
-    assert study["pick"] == _grain_study().pick(rows, config["synthesis"])
     assert config["synthesis"]["apply"] is False and config["synthesis"]["not_applied_because"]
     sampler = load_recipe(REPO / "configs" / "lung_ct_phantom512.toml").sampler
     grain_ct = json.loads((REPO / "docs" / "results" / "grain_ct.json").read_text())["pick"]
@@ -141,12 +133,9 @@ def test_the_phantom_ct_study_pick_is_withheld_with_its_reason():
 
 
 def test_the_ct_recipe_carries_the_outside_study_pick():
-    study = json.loads((REPO / "docs" / "results" / "outside_ct.json").read_text())
-    config = tomllib.loads((REPO / "configs" / "outside_ct.toml").read_text())
-    rows = study["rows"][1:]
+    study, config, rows = _study("outside_ct")
     assert [(r["outside_factor"], r["outside_stop_step"]) for r in rows] == [
         (entry["outside_factor"], entry["outside_stop_step"]) for entry in config["synthesis"]["grid"]]
-    assert study["pick"] == _grain_study().pick(rows, config["synthesis"])
     assert config["synthesis"]["apply"] is True and "not_applied_because" not in study["config"]["synthesis"]
     anatomy = load_recipe(REPO / "configs" / "lung_ct_real512.toml").anatomy
     assert (anatomy.outside_factor, anatomy.outside_stop_step) == (study["pick"]["outside_factor"],
@@ -155,11 +144,8 @@ def test_the_ct_recipe_carries_the_outside_study_pick():
 
 
 def test_the_film_recipe_carries_the_edge_study_pick():
-    study = json.loads((REPO / "docs" / "results" / "edge_mg.json").read_text())
-    config = tomllib.loads((REPO / "configs" / "edge_mg.toml").read_text())
-    rows = study["rows"][1:]
+    study, config, rows = _study("edge_mg")
     assert [[r["deterministic_below"], r["eps_scale"], r["padding_band"]] for r in rows] == config["synthesis"]["grid"]
-    assert study["pick"] == _grain_study().pick(rows, config["synthesis"])
     assert config["synthesis"]["apply"] is True and "not_applied_because" not in study["config"]["synthesis"]
     # the condition fixed before the re-run: the pick's grain inside the breast within 1.25x the recipe's
     picked = next(r for r in rows if r["padding_band"] == study["pick"]["padding_band"])
