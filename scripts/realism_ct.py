@@ -16,7 +16,8 @@ import numpy as np
 
 from mcfast.errors import InputError
 from mcfast.evaluate.classifier import machine_info
-from mcfast.evaluate.realism_sets import (anatomy_groups, checkpoint_fields, feature_net_and_floor, fmt_auc,
+from mcfast.evaluate.realism_sets import (anatomy_groups, anatomy_training_index, checkpoint_fields,
+                                          feature_net_and_floor, fmt_auc, fmt_memorization, MEMORIZATION_NOTE,
                                           fmt_families, load_split, load_synthetic, machine_line, model_steps,
                                           record_set, replace_block, report_arguments, resize_area, save_results,
                                           scored_set, sets_scored_at, start_report, two_sample_targets)
@@ -39,7 +40,7 @@ def size_section(size: str, block: dict) -> list[str]:
         lines.append(f"| {name} | {fmt_auc(r['patch_cnn'])} | {fmt_auc(r['hand_features'])} | "
                      f"{fmt_families(r['hand_features'])} | {r['frechet']:.3g} | {sp['mid']:.2f} / {sp['high']:.2f} | "
                      f"{hu_s} | "
-                     f"{r['memorization']['rate_above_threshold']:.0%} | {r.get('seconds_per_image', '')} |")
+                     f"{fmt_memorization(r['memorization'])} | {r.get('seconds_per_image', '')} |")
     real_hu = block["real_tissue_hu"]
     lines += ["", f"Real validation tissue medians at {size}² (HU, all pixels; per-image range): " + ", ".join(
         f"{t} {real_hu['median_hu'][t]:.0f} ({real_hu['range'][t][0]:.0f} to {real_hu['range'][t][1]:.0f})"
@@ -60,6 +61,7 @@ def write_markdown(results: dict, path: Path) -> None:
              "slices against the training set (other patients). s / image: 1 thread, two sets made at once on 2 cores.",
              "A set named `X_512to256` is the 512² set X area-downsampled to 256², as the real 256² slices are made from",
              "the 512² ones (its s / image is the 512² sampling time).",
+             *MEMORIZATION_NOTE,
              "", f"Model: `{results['checkpoint']}`, {model_steps(results)}. Machine: "
              f"{machine_line(results['machine'])}.", ""]
     for size, block in results["sizes"].items():
@@ -186,7 +188,7 @@ def main() -> None:
             folder, images, masks, anatomy = scored_set(made_as, spec, downsample_to, cfg, args.out, REPO)
             groups = anatomy_groups(anatomy, train_files, train_patients)
             r = compare(images, val, train, net, settings, groups_candidates=groups, groups_real=val_patients,
-                        masks=masks)
+                        masks=masks, own_reference=anatomy_training_index(anatomy, train_files))
             block["synthetic"][name] = record_set(r, folder, spec, REPO)
             if spec[2] is None:
                 block["targets"][name] = targets(floor, r, name.split("_")[0], real_hu)

@@ -18,7 +18,8 @@ import numpy as np
 
 from mcfast.evaluate.classifier import machine_info
 from mcfast.evaluate.lesion_contrast import contrast_summary, lesion_contrast, mias_mass_masks
-from mcfast.evaluate.realism_sets import (anatomy_groups, checkpoint_fields, feature_net_and_floor, fmt_auc,
+from mcfast.evaluate.realism_sets import (anatomy_groups, anatomy_training_index, checkpoint_fields,
+                                          feature_net_and_floor, fmt_auc, fmt_memorization, MEMORIZATION_NOTE,
                                           fmt_families, load_split, machine_line, model_steps, record_set,
                                           replace_block, report_arguments, resize_area, resize_masks, save_results,
                                           scored_set, sets_scored_at, start_report, two_sample_targets)
@@ -62,7 +63,7 @@ def size_section(block: dict) -> list[str]:
         lines.append(f"| {name} | {fmt_auc(r['patch_cnn'])} | {fmt_auc(r['hand_features'])} | "
                      f"{fmt_families(r['hand_features'])} | {r['frechet']:.3g} | "
                      f"{sp['mid']:.2f} / {sp['high']:.2f} | {bi['wasserstein']:.3f} / {bi['median_other']:.2f} | "
-                     f"{r['memorization']['rate_above_threshold']:.0%} | {_fmt_contrast(contrast)} | "
+                     f"{fmt_memorization(r['memorization'])} | {_fmt_contrast(contrast)} | "
                      f"{r.get('seconds_per_image', '')} |")
     val = block["real_mass_contrast"]["val"]
     lines += ["", f"Real masses of the validation women: contrast {_fmt_contrast(val)}, "
@@ -89,6 +90,7 @@ def write_markdown(results: dict, path: Path) -> None:
              "The floor row's contrast is that of the training women's masses. s / image: 1 thread.",
              "A set named `X_512to256` is the 512² set X area-downsampled to 256², as the real 256² films are made",
              "from the 512² ones (its s / image is the 512² sampling time).",
+             *MEMORIZATION_NOTE,
              "", f"Model: `{results['checkpoint']}`, {model_steps(results)}. Machine: "
              f"{machine_line(results['machine'])}.", ""]
     for size, block in results["sizes"].items():
@@ -201,7 +203,7 @@ def main() -> None:
                                                         prepare=frame_model_images)
             groups = anatomy_groups(anatomy, train_files, train_women)
             r = compare(images, val, train, net, settings, modality="mg", groups_candidates=groups,
-                        groups_real=val_women, masks=masks)
+                        groups_real=val_women, masks=masks, own_reference=anatomy_training_index(anatomy, train_files))
             r["mass_contrast"] = mass_contrasts(images, masks)
             block["synthetic"][name] = record_set(r, folder, spec, REPO)
             if spec[2] is None:

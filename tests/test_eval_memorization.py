@@ -80,3 +80,41 @@ def test_highpass_removes_smooth_shading():
     yy = np.linspace(-1, 1, 32)[None, :, None] * np.ones((1, 32, 32))
     assert np.abs(highpass(yy, 2.0)[:, 8:-8, 8:-8]).max() < 1e-9  # a linear ramp has no high frequencies
     assert np.array_equal(highpass(yy, 0.0), yy)
+
+
+def test_realism_audit_counts_guided_images_against_other_training_images():
+    """An image guided by a training image is a near copy of it by design: the realism audit (and the target)
+    count it against the *other* training images, and still report the share against all of them."""
+    from mcfast.evaluate.realism_sets import anatomy_groups, anatomy_training_index, fmt_memorization, two_sample_targets
+    from mcfast.evaluate.realism_suite import SuiteSettings, memorization, memorization_rate
+
+    rng = np.random.default_rng(3)
+    training = _textures(rng, 12)
+    guided = training[[2, 5]] + 0.05 * _textures(rng, 2)   # each close to its own reference only
+    copy_of_other = training[9] + 0.05 * _textures(rng, 1)[0]  # guided by 4, but a copy of 9
+    phantom = _textures(rng, 1)[0]
+    candidates = np.stack([*guided, copy_of_other, phantom])
+    files = [f"ct_{k:06d}.npy" for k in range(12)]
+    anatomy = [f"sha256:0123456789ab/{files[2]}", f"sha256:0123456789ab/{files[5]}",
+               f"sha256:0123456789ab/{files[4]}", "phantom:lung:17"]
+    own = anatomy_training_index(anatomy, files)
+    assert own == [2, 5, 4, -1]
+    patients = [f"p{k // 2}" for k in range(12)]
+    assert anatomy_groups(anatomy, files, patients) == ["p1", "p2", "p2", "phantom:lung:17"]
+
+    settings = SuiteSettings(memorization_highpass_sigma=0.0, memorization_max_shift=2)
+    audit = memorization(candidates, training, settings, own_reference=own)
+    assert audit["rate_above_threshold"] == 0.75                  # three of four above 0.95 against all
+    assert audit["other"]["rate_above_threshold"] == 0.25         # only the copy of someone else
+    assert audit["nearest_is_own_reference"] == pytest.approx(2 / 3)
+    assert memorization_rate(audit) == 0.25
+    assert fmt_memorization(audit) == "25% (all: 75%; nearest is own reference: 67%)"
+    floor = {"patch_cnn": {"auc": 0.5}, "hand_features": {"auc": 0.5}}
+    r = {"patch_cnn": {"auc": 0.5}, "hand_features": {"auc": 0.5}, "spectrum_ratio": {"mid": 1.0, "high": 1.0},
+         "memorization": audit}
+    assert two_sample_targets(floor, r, "real")["<= 2 % NCC > 0.95"] is False
+    audit["other"]["rate_above_threshold"] = 0.0
+    assert two_sample_targets(floor, r, "real")["<= 2 % NCC > 0.95"] is True
+
+    unguided = memorization(candidates, training, settings, own_reference=[-1] * 4)
+    assert "other" not in unguided and memorization_rate(unguided) == 0.75 and fmt_memorization(unguided) == "75%"

@@ -46,25 +46,48 @@ def blank_lesions(images: np.ndarray, masks: np.ndarray | None, dilate: int = 3)
 
 
 def memorization(candidates: np.ndarray, training: np.ndarray, settings: SuiteSettings,
-                 masks: np.ndarray | None = None) -> dict:
-    """Nearest training image by shift-aligned NCC of high-passed images (lesions blanked)."""
+                 masks: np.ndarray | None = None, own_reference=None) -> dict:
+    """Nearest training image by shift-aligned NCC of high-passed images (lesions blanked).
+
+    ``own_reference``: per candidate, the index in ``training`` of the image that guided its anatomy
+    (-1: none, e.g. a phantom). Such an image holds its reference's layout by design, so its nearest
+    training image is usually that one; ``"other"`` then scores the nearest *other* training image, the
+    question a memorization audit asks (did the model copy someone?), and ``"nearest_is_own_reference"``
+    says how often the overall nearest was the image's own reference."""
     sigma = settings.memorization_highpass_sigma
-    res = max_ncc(blank_lesions(highpass(candidates, sigma), masks), highpass(training, sigma),
-                  settings.memorization_max_shift)
-    ncc = res["ncc"]
-    return {"threshold": settings.memorization_threshold, "highpass_sigma": sigma,
-            "max_shift": settings.memorization_max_shift, "median_ncc": float(np.median(ncc)),
-            "max_ncc": float(ncc.max()), "rate_above_threshold": float((ncc > settings.memorization_threshold).mean()),
-            "ncc": [round(float(v), 4) for v in ncc]}
+    hp_candidates, hp_training = blank_lesions(highpass(candidates, sigma), masks), highpass(training, sigma)
+    res = max_ncc(hp_candidates, hp_training, settings.memorization_max_shift)
+    out = {"threshold": settings.memorization_threshold, "highpass_sigma": sigma,
+           "max_shift": settings.memorization_max_shift, **_ncc_summary(res["ncc"], settings.memorization_threshold)}
+    own = None if own_reference is None else np.asarray(own_reference, np.int64)
+    if own is not None and (own >= 0).any():
+        other = max_ncc(hp_candidates, hp_training, settings.memorization_max_shift, exclude=own)
+        out["other"] = _ncc_summary(other["ncc"], settings.memorization_threshold)
+        guided = own >= 0
+        out["nearest_is_own_reference"] = float((res["index"][guided] == own[guided]).mean())
+    return out
+
+
+def _ncc_summary(ncc: np.ndarray, threshold: float) -> dict:
+    return {"median_ncc": float(np.median(ncc)), "max_ncc": float(ncc.max()),
+            "rate_above_threshold": float((ncc > threshold).mean()), "ncc": [round(float(v), 4) for v in ncc]}
+
+
+def memorization_rate(audit: dict) -> float:
+    """The share of images above the audit's threshold that the targets use: against training images other
+    than each image's own anatomy reference where it has one (:func:`memorization`), else against all."""
+    return audit.get("other", audit)["rate_above_threshold"]
 
 
 def compare(candidates: np.ndarray, real: np.ndarray, training: np.ndarray, feature_net: FeatureAutoencoder,
             settings: SuiteSettings, *, modality: str = "ct", groups_candidates=None, groups_real=None,
-            masks: np.ndarray | None = None) -> dict:
+            masks: np.ndarray | None = None, own_reference=None) -> dict:
     """All realism numbers of ``candidates`` against ``real`` (both (N, H, W) model space, one size).
 
     ``training``: the model's training images at the same size, for the memorization audit.
     ``groups_*``: patient ids, so no patient is on both sides of a fold (default: one group per image).
+    ``own_reference``: per candidate, the index in ``training`` of its anatomy reference or -1
+    (:func:`memorization`).
     """
     common = dict(folds=settings.folds, seed=settings.seed, n_boot=settings.n_boot,
                   groups_a=groups_real, groups_b=groups_candidates)
@@ -77,7 +100,7 @@ def compare(candidates: np.ndarray, real: np.ndarray, training: np.ndarray, feat
         "hand_features": two_sample.hand_feature_test(real, candidates, **common),
         "frechet": float(frechet_feature_distance(feature_net, real, candidates)),
         "spectrum_ratio": two_sample.spectrum_band_ratios(real, candidates),
-        "memorization": memorization(candidates, training, settings, masks),
+        "memorization": memorization(candidates, training, settings, masks, own_reference),
     }
     if modality == "ct":
         out["tissue_hu"] = two_sample.tissue_hu_medians(candidates)
