@@ -8,7 +8,7 @@ The recipe at each entry of the config's grid (``sampler.deterministic_below``: 
 timestep are DDIM η = 0 steps, no fresh noise where the network cannot remove it again;
 ``sampler.eps_scale``: ε divided by it, more fine texture; ``sampler.steps`` / ``start_step``: the
 respacing and the SDEdit start; ``anatomy.padding_band`` / ``factor`` / ``stop_step`` /
-``outside_factor`` / ``outside_stop_step``), the same items
+``outside_factor`` / ``outside_stop_step``; a CT phantom's ``phantom_wall`` / ``phantom_blood_hu``), the same items
 (recipe seed, indices 0..n-1) for every entry; each set (mammograms framed like the films) compared with
 training images, one per patient / woman first (the validation split is never read): the hand-feature
 test (and each of its feature families alone) and the patch-CNN test, the radial power spectrum bands of the whole
@@ -50,7 +50,9 @@ REPO = Path(__file__).resolve().parent.parent
 #: The settings a grid entry may set, and the recipe section each belongs to.
 GRID_KEYS = {"deterministic_below": "sampler", "eps_scale": "sampler", "padding_band": "anatomy", "steps": "sampler",
              "start_step": "sampler", "factor": "anatomy", "stop_step": "anatomy", "outside_factor": "anatomy",
-             "outside_stop_step": "anatomy"}
+             "outside_stop_step": "anatomy", "phantom_wall": "anatomy", "phantom_blood_hu": "anatomy"}
+#: How a grid entry's value is read, where it is not an integer.
+GRID_TYPES = {"steps": str, "phantom_wall": str, "phantom_blood_hu": lambda v: [int(x) for x in v]}
 #: Beside deterministic_below and eps_scale (always shown), in this order; None: the recipe's own.
 OPTIONAL_KEYS = tuple(key for key in GRID_KEYS if key not in ("deterministic_below", "eps_scale"))
 #: Settings that change how many network calls an image takes (the report shows the count beside them).
@@ -71,8 +73,7 @@ def grid_entries(cfg: dict) -> list[dict]:
                                  f"expected some of {', '.join(GRID_KEYS)}")
             entry = {"deterministic_below": int(item.get("deterministic_below", recipe.sampler.deterministic_below)),
                      "eps_scale": float(item.get("eps_scale", recipe.sampler.eps_scale))}
-            entry.update({key: (str if key == "steps" else int)(item[key]) if key in item else None
-                          for key in OPTIONAL_KEYS})
+            entry.update({key: GRID_TYPES.get(key, int)(item[key]) if key in item else None for key in OPTIONAL_KEYS})
         elif len(item) in (2, 3):
             entry = {"deterministic_below": int(item[0]), "eps_scale": float(item[1]),
                      **dict.fromkeys(OPTIONAL_KEYS), "padding_band": int(item[2]) if len(item) == 3 else None}
@@ -85,8 +86,12 @@ def grid_entries(cfg: dict) -> list[dict]:
 
 def set_folder(out: Path, entry: dict) -> Path:
     """The set's folder: named by its settings (the list form's names are those of the earlier studies)."""
-    short = {"padding_band": "band", "steps": "steps"}
-    extra = "".join(f"_{short.get(key, key)}_{entry[key]}" for key in OPTIONAL_KEYS if entry.get(key) is not None)
+    short = {"padding_band": "band", "steps": "steps", "phantom_wall": "wall", "phantom_blood_hu": "blood"}
+
+    def text(value) -> str:
+        return "_".join(map(str, value)) if isinstance(value, list) else str(value)
+
+    extra = "".join(f"_{short.get(key, key)}_{text(entry[key])}" for key in OPTIONAL_KEYS if entry.get(key) is not None)
     return out / f"below_{entry['deterministic_below']}_eps_{entry['eps_scale']:.2f}{extra}"
 
 
@@ -190,7 +195,8 @@ def run(cfg: dict, out: Path) -> dict:
         synthetic_groups = anatomy_groups(anatomy, files, people)
         settings = {k: v for k, v in entry.items() if v is not None}
         for key in varied:
-            settings.setdefault(key, getattr(getattr(recipe, GRID_KEYS[key]), key))
+            own = getattr(getattr(recipe, GRID_KEYS[key]), key)
+            settings.setdefault(key, list(own) if isinstance(own, tuple) else own)
         if any(key in varied for key in CALLS_KEYS):
             settings["network_calls"] = network_calls(settings.get("steps", recipe.sampler.steps),
                                                       settings.get("start_step", recipe.sampler.start_step))

@@ -152,3 +152,80 @@ def test_512_phantom_tissues_have_the_hu_of_real_scans():
     assert -130 <= med["fat"] <= -70, med
     assert 20 <= med["soft_tissue"] <= 70, med
     assert 250 <= med["bone"] <= 1000, med
+
+
+def _wall_back_and_side(labels: dict) -> tuple[int, int]:
+    """Chest-wall pixels (fat or muscle) behind the spine, where the paraspinal muscles are (the column 8 % of
+    the image left of the body's centre, posterior half), and at the side (the image-left half of the lungs'
+    median row)."""
+    wall, size = labels["fat"] | labels["muscle"], labels["body"].shape[1]
+    cols = np.nonzero(labels["body"].any(axis=0))[0]
+    column = int((cols.min() + cols.max()) / 2 - 0.08 * size)
+    row = int(np.median(np.nonzero(labels["lung"])[0]))
+    return int(wall[size // 2:, column].sum()), int(wall[row, :size // 2].sum())
+
+
+@pytest.mark.parametrize("seed", [0, 4])
+def test_muscle_wall_is_thick_behind_the_spine_and_keeps_the_tissues(seed):
+    """wall = "muscles": the paraspinal muscles make the wall behind the spine thicker than at the side (a ring's
+    is about even), the tissues keep their HU and the compartments stay consistent."""
+    ring_hu, ring = lung_phantom_labels(256, seed=seed, noise_hu=0)
+    hu, lab = lung_phantom_labels(256, seed=seed, noise_hu=0, wall="muscles")
+
+    ring_back, ring_side = _wall_back_and_side(ring)
+    back, side = _wall_back_and_side(lab)
+    assert back > 1.5 * side and back > ring_back + 5, (back, side, ring_back, ring_side)
+    assert 0 <= np.median(hu[_core(lab["muscle"], 1)]) <= 80
+    assert -150 <= np.median(hu[_core(lab["fat"], 1)]) <= -50
+    assert lab["muscle"].sum() > 1.2 * ring["muscle"].sum()
+    lungs, n = ndimage.label(lab["lung"])
+    assert n == 2 and (lab["lung"] <= lab["body"]).all() and not (lab["lung"] & lab["muscle"]).any()
+    np.testing.assert_array_equal(lab["body"], ring["body"])  # the outline is the seed's; only the inside moves
+
+
+def test_blood_pool_carries_the_drawn_hu():
+    """blood_hu: heart chambers, aorta and lung vessels take the blood's HU (drawn per seed from the range);
+    the myocardium around the chambers stays soft tissue; the default is the phantom as it was."""
+    plain, lab = lung_phantom_labels(256, seed=2, noise_hu=0)
+    enhanced, lab2 = lung_phantom_labels(256, seed=2, noise_hu=0, blood_hu=(220, 220))
+    np.testing.assert_array_equal(lab["heart"], lab2["heart"])
+    heart = _core(lab["heart"], 2)
+    assert np.percentile(enhanced[heart], 90) > 200 and np.percentile(plain[heart], 90) < 60
+    assert np.percentile(enhanced[heart], 5) < 60  # the myocardium
+    assert enhanced[lab["lung"]].mean() > plain[lab["lung"]].mean() + 3  # the vessels carry it
+    np.testing.assert_array_equal(enhanced[lab["air"]], plain[lab["air"]])
+    np.testing.assert_array_equal(lung_phantom_labels(64, seed=2, blood_hu=(40, 40))[0], lung_phantom(64, seed=2))
+    drawn = {float(np.percentile(lung_phantom_labels(128, seed=s, noise_hu=0, blood_hu=(40, 250))[0][
+        _core(lung_phantom_labels(128, seed=s)[1]["heart"], 1)], 95)) for s in range(4)}
+    assert len(drawn) == 4 and all(30 < v < 260 for v in drawn)
+
+
+@pytest.mark.parametrize("options, match", [({"wall": "barrel"}, "wall"), ({"blood_hu": (300, 100)}, "blood_hu"),
+                                            ({"blood_hu": (-500, 40)}, "blood_hu"),
+                                            ({"blood_hu": (40, float("nan"))}, "blood_hu")])
+def test_lung_phantom_rejects_bad_wall_and_blood(options, match):
+    with pytest.raises(InputError, match=match):
+        lung_phantom_labels(32, **options)
+
+
+def test_recipe_phantom_settings_reach_the_phantom():
+    """[anatomy] phantom_wall / phantom_blood_hu draw the item's phantom; they are refused where there is no
+    CT phantom to shape, and out-of-range values name the key."""
+    from mcfast.synthesis.plan import item_seed, plan_item
+    from mcfast.synthesis.recipe import recipe_from_dict
+
+    tables = {"recipe": {"image_size": 128}, "pathology": [{"count": [0, 0], "size": [8, 10]}],
+              "anatomy": {"source": "phantom", "phantom_wall": "muscles", "phantom_blood_hu": [200, 200]}}
+    plan = plan_item(recipe_from_dict(tables, source="r.toml"), 1)
+    expected, _ = lung_phantom_labels(128, seed=item_seed(0, 1), wall="muscles", blood_hu=(200, 200))
+    np.testing.assert_array_equal(plan.anatomy.values, expected)
+    plain = plan_item(recipe_from_dict({**tables, "anatomy": {"source": "phantom"}}, source="r.toml"), 1)
+    np.testing.assert_array_equal(plain.anatomy.values, lung_phantom(128, seed=item_seed(0, 1)))
+    with pytest.raises(InputError, match="phantom_wall .* need anatomy.source = 'phantom'"):
+        recipe_from_dict({"anatomy": {"source": "file", "path": "x.npy", "phantom_wall": "muscles"}}, source="r.toml")
+    with pytest.raises(InputError, match="phantom_blood_hu"):
+        recipe_from_dict({"recipe": {"modality": "mg"}, "anatomy": {"phantom_blood_hu": [40, 250]}}, source="r.toml")
+    with pytest.raises(InputError, match="anatomy.phantom_wall = 'barrel'"):
+        recipe_from_dict({"anatomy": {"phantom_wall": "barrel"}}, source="r.toml")
+    with pytest.raises(InputError, match=r"anatomy.phantom_blood_hu = \[40, 900\]"):
+        recipe_from_dict({"anatomy": {"phantom_blood_hu": [40, 900]}}, source="r.toml")

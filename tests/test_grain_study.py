@@ -164,7 +164,8 @@ def test_grid_tables_take_the_recipes_own_settings_where_they_are_silent(tmp_pat
     entries = study.grid_entries(cfg)
     assert entries[0] == {"deterministic_below": recipe.deterministic_below, "eps_scale": recipe.eps_scale,
                           "padding_band": None, "steps": None, "start_step": None, "factor": None, "stop_step": None,
-                          "outside_factor": None, "outside_stop_step": None}
+                          "outside_factor": None, "outside_stop_step": None, "phantom_wall": None,
+                          "phantom_blood_hu": None}
     assert entries[1]["steps"] == "50+tail9" and entries[2]["eps_scale"] == 1.02
     assert entries[3]["deterministic_below"] == 0 and entries[3]["padding_band"] == 3
     folders = [study.set_folder(tmp_path, e).name for e in entries]
@@ -180,3 +181,33 @@ def test_the_pick_names_the_respacing_when_the_grid_varies_it():
     rows = [dict(_two_tests(250, 0.9, 0.6), steps="50"), dict(_two_tests(250, 0.7, 0.6), steps="50+tail9")]
     assert _grain_study().pick(rows, {"pick_by": "worse_auc"}) == {"deterministic_below": 250, "eps_scale": 1.0,
                                                                    "steps": "50+tail9"}
+
+
+def test_the_1024_film_recipe_is_the_512_recipe_scaled():
+    """configs/mammo_mias1024.toml is the 512² film recipe with every pixel setting doubled (what the realism
+    reports' scaled_recipe does), reading the same split prepared at 1024²; only the batch size differs."""
+    from mcfast.evaluate.realism_sets import scaled_recipe
+
+    native = load_recipe(REPO / "configs" / "mammo_mias1024.toml")
+    scaled = scaled_recipe(REPO / "configs" / "mammo_mias512.toml", 1024)
+    assert native.anatomy.path == scaled.anatomy.path.replace("mg_mias/", "mg_mias1024/")
+    assert [p.path for p in native.pathology] == [p.path.replace("mg_mias/", "mg_mias1024/") for p in scaled.pathology]
+    native.anatomy.path = scaled.anatomy.path
+    for a, b in zip(native.pathology, scaled.pathology):
+        a.path = b.path
+    assert native.sampler.batch_size == 1
+    native.sampler.batch_size = scaled.sampler.batch_size
+    native.source = scaled.source
+    assert native == scaled
+
+
+def test_grid_tables_take_phantom_settings():
+    """A study can vary the CT phantom's wall and blood pool; each entry gets its own set folder."""
+    study = _grain_study()
+    cfg = {"data": {"recipe": "configs/lung_ct_phantom512.toml"},
+           "synthesis": {"grid": [{"phantom_wall": "ring", "phantom_blood_hu": [40, 40]},
+                                  {"phantom_wall": "muscles", "phantom_blood_hu": [40, 250]}]}}
+    entries = study.grid_entries(cfg)
+    assert entries[1]["phantom_wall"] == "muscles" and entries[1]["phantom_blood_hu"] == [40, 250]
+    assert [study.set_folder(Path("x"), e).name for e in entries] == [
+        "below_250_eps_1.00_wall_ring_blood_40_40", "below_250_eps_1.00_wall_muscles_blood_40_250"]

@@ -32,6 +32,14 @@ CANCELLOUS_BONE_HU = 400.0
 CORTICAL_BONE_HU = 900.0
 RIB_HU = 700.0
 
+#: Chest walls a phantom can have: "ring", a fat layer over an even muscle ring (the phantom as it was);
+#: "muscles", the muscle groups of a real chest wall (paraspinal, pectoral, latissimus) as thickenings of
+#: the wall, so that the wall is thick behind the spine and thin at the sides (:func:`_wall_depth`).
+WALLS = ("ring", "muscles")
+#: The blood pool HU a phantom accepts: below, blood denser than water is not blood; above, beyond the
+#: arterial phase of an iodinated contrast scan.
+BLOOD_HU_RANGE = (-100, 600)
+
 # Right lung (image left) template in thoracic-cavity units: the cavity is the unit disc.
 # Lateral border follows the ribs, the medial border is concave around the mediastinum and
 # the posterior tip wraps around the spine (costovertebral recess).
@@ -109,9 +117,35 @@ def _vessel_field(lungs: list[np.ndarray], hila: list[tuple[float, float, float]
     return ndimage.gaussian_filter(field, 0.6 * max(scale, 0.5)) * any_lung
 
 
+def _bump(angle: np.ndarray, centre: float, width: float) -> np.ndarray:
+    """A smooth bump of height 1 at ``centre`` (radians, wrapped) with standard deviation ``width``."""
+    d = np.angle(np.exp(1j * (angle - centre)))
+    return np.exp(-0.5 * (d / width) ** 2)
+
+
+def _wall_depth(angle: np.ndarray, fat: float, muscle: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(subcutaneous fat, whole wall) thickness in normalised units at each angle around the body centre
+    (0 = anterior, pi = posterior, positive towards image right) for ``wall = "muscles"``.
+
+    A real chest wall is not an even ring: behind the spine the paraspinal muscles make it 3-6 cm thick,
+    the pectorals thicken it in front on both sides, latissimus and serratus at the back of each side, and
+    it is thinnest laterally. Each group is a bump on the ring's even muscle layer; their heights are drawn
+    per seed (people differ). The fat over them is thicker at the back than in front.
+    """
+    paraspinal = rng.uniform(0.10, 0.16)
+    pectoral = rng.uniform(0.025, 0.06, 2)
+    latissimus = rng.uniform(0.015, 0.04, 2)
+    muscle_depth = (muscle + paraspinal * _bump(angle, np.pi, 0.42)
+                    + sum(pectoral[k] * _bump(angle, side * 0.75, 0.3) for k, side in enumerate((-1, 1)))
+                    + sum(latissimus[k] * _bump(angle, side * 2.2, 0.3) for k, side in enumerate((-1, 1))))
+    fat_depth = fat * (0.7 + 0.4 * _bump(angle, np.pi, 1.2))
+    return fat_depth, fat_depth + muscle_depth
+
+
 def lung_phantom_labels(size: int = 256, seed: int = 0, heart: bool = True, spine: bool = True,
                         vessels: bool = True, noise_hu: float = 20.0,
-                        table: bool = True, scan_circle: bool = False) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+                        table: bool = True, scan_circle: bool = False, wall: str = "ring",
+                        blood_hu: tuple[float, float] = (HEART_HU, HEART_HU)) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Axial chest CT phantom and the masks of its compartments.
 
     Returns ``(hu, labels)``: ``hu`` float32 (size, size) in Hounsfield units clipped to [-1024, 3071];
@@ -121,16 +155,28 @@ def lung_phantom_labels(size: int = 256, seed: int = 0, heart: bool = True, spin
     ``scan_circle``: outside the inscribed circle the slice is scanner padding at -1024 HU (the floor), as
     a real slice is outside its reconstruction circle (85 of the 105 training slices of
     configs/ct_real_data.toml have more than 10 % of their pixels there); every mask stops at the circle.
+    ``wall``: one of :data:`WALLS`. ``blood_hu``: the range the blood pool's HU (heart chambers, aorta,
+    pulmonary vessels) is drawn from per seed: 40 is unenhanced blood, 150-300 a contrast-enhanced scan
+    (about half of the training slices of configs/ct_real_data.toml show an enhanced aorta). The defaults
+    draw the phantom as it was: the same seed gives the same pixels.
     """
     size = check_size(size)
     if not np.isfinite(noise_hu) or noise_hu < 0:
         raise InputError(f"noise_hu {noise_hu!r} must be a finite number >= 0")
+    if wall not in WALLS:
+        raise InputError(f"phantom wall {wall!r} must be one of {', '.join(WALLS)}")
+    lo_hu, hi_hu = BLOOD_HU_RANGE
+    if len(blood_hu) != 2 or not all(np.isfinite(v) for v in blood_hu) or not lo_hu <= blood_hu[0] <= blood_hu[1] <= hi_hu:
+        raise InputError(f"phantom blood_hu {list(blood_hu)!r} must be [low, high] with {lo_hu} <= low <= high <= {hi_hu}")
     rng = np.random.default_rng(seed)
     # separate generators for geometry, texture/noise and vessels: the anatomy of a seed does not
     # change with the size (texture draws depend on the pixel count) or with the organ switches
     geo = np.random.default_rng(rng.integers(2**63))
     tex = np.random.default_rng(rng.integers(2**63))
     ves = np.random.default_rng(rng.integers(2**63))  # vessels=False must not shift the noise stream
+    # the options' own draws (wall muscles, blood pool) come last, so the defaults keep a seed's pixels
+    extra = np.random.default_rng(rng.integers(2**63))
+    blood = float(extra.uniform(*blood_hu))
 
     # ---- geometry in normalised coordinates (u = column, v = row, both in [-1, 1]) ----
     cx, cy = geo.uniform(-0.02, 0.02), geo.uniform(0.0, 0.06)
@@ -143,13 +189,25 @@ def lung_phantom_labels(size: int = 256, seed: int = 0, heart: bool = True, spin
     fat = geo.uniform(0.03, 0.07)
     muscle = geo.uniform(0.04, 0.06)
     centre = np.array([cx, cy])
-    muscle_ctrl = centre + (body_ctrl - centre) * (1 - fat / b_body)
-    cavity_ctrl = centre + (body_ctrl - centre) * (1 - (fat + muscle) / b_body)
-    cav_a = (a_body - fat - muscle) * 0.98
-    cav_b = (b_body - fat - muscle) * 0.98
+    if wall == "ring":
+        muscle_curve = closed_bspline(centre + (body_ctrl - centre) * (1 - fat / b_body))
+        cavity_curve = closed_bspline(centre + (body_ctrl - centre) * (1 - (fat + muscle) / b_body))
+        cav_x, cav_y = cx, cy
+        cav_a = (a_body - fat - muscle) * 0.98
+        cav_b = (b_body - fat - muscle) * 0.98
+    else:  # each point of the body outline moved inwards by the wall's depth at its angle
+        body_curve = closed_bspline(body_ctrl)
+        radial = body_curve - centre
+        radius = np.hypot(radial[:, 0], radial[:, 1])
+        fat_depth, wall_depth = _wall_depth(np.arctan2(radial[:, 0], -radial[:, 1]), fat, muscle, extra)
+        muscle_curve = centre + radial * (1 - fat_depth / radius)[:, None]
+        cavity_curve = centre + radial * (1 - wall_depth / radius)[:, None]
+        lo, hi = cavity_curve.min(axis=0), cavity_curve.max(axis=0)
+        cav_x, cav_y = (lo + hi) / 2
+        cav_a, cav_b = (hi - lo) / 2 * 0.98
 
     def cavity_to_uv(pq: np.ndarray) -> np.ndarray:
-        return np.stack([cx + cav_a * pq[:, 0], cy + cav_b * pq[:, 1]], axis=1)
+        return np.stack([cav_x + cav_a * pq[:, 0], cav_y + cav_b * pq[:, 1]], axis=1)
 
     lung_scale = geo.uniform(0.98, 1.06)
     lungs_pq = []
@@ -163,8 +221,8 @@ def lung_phantom_labels(size: int = 256, seed: int = 0, heart: bool = True, spin
 
     # ---- rasterise ----
     body = fill_curve(closed_bspline(body_ctrl), size)
-    muscle_in = fill_curve(closed_bspline(muscle_ctrl), size)
-    cavity = fill_curve(closed_bspline(cavity_ctrl), size)
+    muscle_in = fill_curve(muscle_curve, size)
+    cavity = fill_curve(cavity_curve, size)
     lung_parts = [fill_curve(closed_bspline(cavity_to_uv(pq)), size) & cavity for pq in lungs_pq]
 
     hu = np.full((size, size), AIR_HU, dtype=np.float32)
@@ -193,10 +251,13 @@ def lung_phantom_labels(size: int = 256, seed: int = 0, heart: bool = True, spin
     if heart:
         heart_mask = fill_curve(closed_bspline(heart_ctrl), size) & cavity
         hu[heart_mask] = HEART_HU
+        # the chambers hold the blood pool inside the myocardium (the same HU when blood is unenhanced)
+        chambers = fill_curve(closed_bspline(heart_uv + (heart_ctrl - heart_uv) * 0.72), size) & heart_mask
+        hu[chambers] = blood
         occupied |= ndimage.binary_dilation(heart_mask, iterations=max(1, size // 128))
     # descending aorta, left-anterior of the spine
     aorta = fill_curve(closed_bspline(aorta_ctrl), size)
-    hu[aorta] = SOFT_TISSUE_HU
+    hu[aorta] = blood
     occupied |= aorta
 
     bone = np.zeros((size, size), dtype=bool)
@@ -221,13 +282,13 @@ def lung_phantom_labels(size: int = 256, seed: int = 0, heart: bool = True, spin
             p, q = -side * np.cos(ang), np.sin(ang)
             if q < -0.6:  # no ribs in the anterior cartilage region
                 continue
-            ruv = np.array([cx + (cav_a + 0.35 * muscle) * p, cy + (cav_b + 0.35 * muscle) * q])
+            ruv = np.array([cav_x + (cav_a + 0.35 * muscle) * p, cav_y + (cav_b + 0.35 * muscle) * q])
             rib_ctrl = ellipse_ctrl(geo, 6, *ruv, 0.026, 0.014, 0.1, angle=ang + np.pi / 2)
             rib = fill_curve(closed_bspline(rib_ctrl), size) & body
             hu[rib] = RIB_HU
             bone |= rib
     # sternum
-    st = fill_curve(closed_bspline(ellipse_ctrl(geo, 6, cx, cy - cav_b - 0.4 * muscle, 0.05, 0.02, 0.1)), size) & body
+    st = fill_curve(closed_bspline(ellipse_ctrl(geo, 6, cav_x, cav_y - cav_b - 0.4 * muscle, 0.05, 0.02, 0.1)), size) & body
     hu[st] = CORTICAL_BONE_HU - 300
     bone |= st
 
@@ -236,7 +297,7 @@ def lung_phantom_labels(size: int = 256, seed: int = 0, heart: bool = True, spin
 
     # ---- lung parenchyma: gravity-dependent density + soft texture + vessels ----
     rows = (np.arange(size, dtype=np.float32) + 0.5) / size * 2 - 1
-    dependent = np.clip((rows[:, None] - (cy - cav_b)) / (2 * cav_b), 0, 1) * geo.uniform(15, 35)
+    dependent = np.clip((rows[:, None] - (cav_y - cav_b)) / (2 * cav_b), 0, 1) * geo.uniform(15, 35)
     parenchyma = LUNG_HU + dependent + correlated_noise((size, size), tex, 3.0 * size / 256, 12.0)
     if vessels:
         hila = []
@@ -250,7 +311,7 @@ def lung_phantom_labels(size: int = 256, seed: int = 0, heart: bool = True, spin
                 py, px = pts[np.argmin((pts[:, 0] - tr) ** 2 + (pts[:, 1] - tc) ** 2)]
                 hila.append((float(px), float(py), 0.0 if side > 0 else np.pi))
         v = _vessel_field(lung_parts, hila, ves, size)
-        parenchyma = parenchyma * (1 - v) + VESSEL_HU * v
+        parenchyma = parenchyma * (1 - v) + (VESSEL_HU + blood - HEART_HU) * v  # pulmonary vessels carry the blood
     hu[lung] = parenchyma[lung]
 
     # soft-tissue texture (fat lobules, muscle fibres), then partial volume at the edges

@@ -71,7 +71,7 @@ def plan_item(recipe: Recipe, index: int, anatomy: Anatomy | None = None) -> Ite
     a = recipe.anatomy
     if anatomy is None:
         anatomy = load_anatomy(modality, a.source, a.path, size, seed, rng, a.slice_index, a.scan_circle,
-                               a.per_patient)
+                               a.per_patient, {"wall": a.phantom_wall, "blood_hu": a.phantom_blood_hu})
     anatomy_model = to_model(modality, anatomy.values)
     outside = outside_body_weight(anatomy.values, anatomy_model) if a.outside_factor else None
     conditions = [Condition(anatomy_model, a.factor, a.stop_step, None if outside is None else 1.0 - outside, a.filter,

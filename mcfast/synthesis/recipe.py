@@ -68,6 +68,10 @@ class AnatomySpec:
     # CT phantom only: draw the scanner's reconstruction circle (padding at the floor outside it), as a real
     # slice has (mcfast.anatomy.phantom.lung_phantom_labels).
     scan_circle: bool = False
+    # CT phantom only: its chest wall (mcfast.anatomy.phantom.WALLS: "ring" or "muscles") and the range its
+    # blood pool's HU is drawn from per item (40: unenhanced blood; 150-300: a contrast-enhanced scan).
+    phantom_wall: str = "ring"
+    phantom_blood_hu: tuple[int, int] = (40, 40)
 
 
 @dataclass
@@ -269,6 +273,15 @@ def validate(recipe: Recipe) -> Recipe:
     if a.scan_circle and (a.source != "phantom" or recipe.modality != "ct"):
         raise InputError(f"{where}: anatomy.scan_circle draws a CT phantom's reconstruction circle; it needs "
                          f"anatomy.source = 'phantom' and recipe.modality = 'ct' (a real slice has its own)")
+    from mcfast.anatomy.phantom import BLOOD_HU_RANGE, WALLS
+
+    _check_choice(a.phantom_wall, WALLS, "anatomy.phantom_wall", where)
+    if not BLOOD_HU_RANGE[0] <= a.phantom_blood_hu[0] <= a.phantom_blood_hu[1] <= BLOOD_HU_RANGE[1]:
+        raise InputError(f"{where}: anatomy.phantom_blood_hu = {list(a.phantom_blood_hu)} must lie in "
+                         f"[{BLOOD_HU_RANGE[0]}, {BLOOD_HU_RANGE[1]}] HU")
+    if (a.phantom_wall, a.phantom_blood_hu) != ("ring", (40, 40)) and (a.source != "phantom" or recipe.modality != "ct"):
+        raise InputError(f"{where}: anatomy.phantom_wall and phantom_blood_hu shape a CT phantom; they need "
+                         f"anatomy.source = 'phantom' and recipe.modality = 'ct'")
     for k, p in enumerate(recipe.pathology):
         key = f"pathology[{k}]"
         _check_choice(p.source, PATHOLOGY_SOURCES, f"{key}.source", where)

@@ -231,15 +231,18 @@ def _framed_breast_phantom(size: int, seed: int) -> Anatomy:
 
 
 def load_anatomy(modality: str, source: str, path: str, size: int, seed: int, rng: np.random.Generator,
-                 slice_index: int = -1, scan_circle: bool = False, per_patient: bool = False) -> Anatomy:
+                 slice_index: int = -1, scan_circle: bool = False, per_patient: bool = False,
+                 phantom: dict | None = None) -> Anatomy:
     """The anatomy reference of one item: a phantom drawn from ``seed`` (a CT phantom with its
-    reconstruction circle when ``scan_circle``) or a real image from ``path`` (a prepared folder's items
-    drawn patient first when ``per_patient``)."""
+    reconstruction circle when ``scan_circle``, shaped by ``phantom``: keywords of
+    :func:`mcfast.anatomy.phantom.lung_phantom_labels` such as ``wall`` and ``blood_hu``) or a real image
+    from ``path`` (a prepared folder's items drawn patient first when ``per_patient``)."""
     if source == "phantom":
         if modality == "ct":
-            from mcfast.anatomy.phantom import lung_phantom_with_masks
+            from mcfast.anatomy.phantom import lung_phantom_labels
 
-            hu, lungs = lung_phantom_with_masks(size=size, seed=seed, scan_circle=scan_circle)
+            hu, labels = lung_phantom_labels(size=size, seed=seed, scan_circle=scan_circle, **(phantom or {}))
+            lungs = labels["lung"]
             return Anatomy(hu, lungs.astype(bool), f"phantom:lung:{seed}")
         return _framed_breast_phantom(size, seed)
     p = Path(path)
