@@ -13,6 +13,8 @@ import argparse
 import dataclasses
 from pathlib import Path
 
+from mcfast.errors import InputError
+from mcfast.io.datasets import check_size
 from mcfast.io.split_prepare import SplitDataConfig, prepare_split
 
 REPO = Path(__file__).resolve().parent.parent
@@ -24,11 +26,13 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=REPO / "data" / "ct_real")
     ap.add_argument("--size", type=int, default=None, help="image size (default: the config's data.size)")
     args = ap.parse_args()
-    config = SplitDataConfig.load(args.config, base=REPO)
-    if args.size is not None:
-        from mcfast.io.datasets import check_size
-        config = dataclasses.replace(config, size=check_size(args.size, "--size"))
-    counts = prepare_split(config, args.out)
+    try:
+        config = SplitDataConfig.load(args.config, base=REPO)
+        if args.size is not None:
+            config = dataclasses.replace(config, size=check_size(args.size, "--size"))
+        counts = prepare_split(config, args.out)
+    except InputError as exc:  # one line naming the file or value, nonzero exit
+        raise SystemExit(f"prepare_real: {exc}") from None
     print(f"prepared {counts} into {args.out}")
 
 
