@@ -25,6 +25,7 @@ import argparse
 import json
 import time
 import tomllib
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,8 @@ from mcfast.diffusion.samplers import network_calls
 from mcfast.evaluate.classifier import machine_info
 from mcfast.evaluate.hand_features import FEATURE_GROUPS, gradient_histogram, hand_feature_test
 from mcfast.evaluate.patch_cnn import patch_cnn_test
+from mcfast.evaluate.lesion_contrast import mass_contrasts
+from mcfast.evaluate.seams import seam_summary
 from mcfast.evaluate.realism_sets import (anatomy_groups, checkpoint_fields, floor_subset, load_split, machine_line,
                                           model_steps, record_timing, seconds_per_image)
 from mcfast.evaluate.spectrum import interior_band_ratios
@@ -50,9 +53,10 @@ REPO = Path(__file__).resolve().parent.parent
 #: The settings a grid entry may set, and the recipe section each belongs to.
 GRID_KEYS = {"deterministic_below": "sampler", "eps_scale": "sampler", "padding_band": "anatomy", "steps": "sampler",
              "start_step": "sampler", "factor": "anatomy", "stop_step": "anatomy", "outside_factor": "anatomy",
-             "outside_stop_step": "anatomy", "phantom_wall": "anatomy", "phantom_blood_hu": "anatomy"}
+             "outside_stop_step": "anatomy", "phantom_wall": "anatomy", "phantom_blood_hu": "anatomy",
+             "sigma_scale": "pathology"}
 #: How a grid entry's value is read, where it is not an integer.
-GRID_TYPES = {"steps": str, "phantom_wall": str, "phantom_blood_hu": lambda v: [int(x) for x in v]}
+GRID_TYPES = {"steps": str, "phantom_wall": str, "phantom_blood_hu": lambda v: [int(x) for x in v], "sigma_scale": float}
 #: Beside deterministic_below and eps_scale (always shown), in this order; None: the recipe's own.
 OPTIONAL_KEYS = tuple(key for key in GRID_KEYS if key not in ("deterministic_below", "eps_scale"))
 #: Settings that change how many network calls an image takes (the report shows the count beside them).
@@ -103,9 +107,11 @@ def make_set(cfg: dict, entry: dict, out: Path) -> tuple[np.ndarray, list[str], 
 
     d, n = cfg["data"], cfg["synthesis"]["n"]
     anatomy = {key: entry[key] for key in OPTIONAL_KEYS if GRID_KEYS[key] == "anatomy" and entry[key] is not None}
+    pathology = {key: entry[key] for key in OPTIONAL_KEYS if GRID_KEYS[key] == "pathology" and entry[key] is not None}
+    lesions = [{**asdict(p), **pathology} for p in load_recipe(REPO / d["recipe"]).pathology] if pathology else None
     recipe = build_recipe(REPO / d["recipe"], deterministic_below=entry["deterministic_below"],
                           eps_scale=entry["eps_scale"], steps=entry["steps"], start_step=entry["start_step"],
-                          anatomy=anatomy or None, formats=["npy"])
+                          anatomy=anatomy or None, lesions=lesions, formats=["npy"])
     synthesizer = Synthesizer.from_pretrained(REPO / d["checkpoint"], recipe=recipe, precision=d["precision"],
                                               channels_last=True)
     t0 = time.perf_counter()
@@ -142,6 +148,31 @@ def score(real: np.ndarray, groups: list[str], candidates: np.ndarray, cand_grou
             "gradient_hist_l1": round(grad_l1, 4), **edge}
 
 
+def lesion_scores(folder: Path, n: int, modality: str) -> dict:
+    """On the images as sampled (before any framing, so the boxes hold): the seam statistic along each item's
+    lesion patch boxes and its control at shifted boxes (mcfast.evaluate.seams; the blank background /
+    scanner padding is not used) and, for mammograms, the masses' median contrast against their surround."""
+    items = [folder / f"{k:06d}" for k in range(n)]
+    images = np.stack([np.load(p / "image.npy") for p in items])
+    boxes = [[lesion["patch_box"] for lesion in json.loads((p / "meta.json").read_text())["lesions"]] for p in items]
+    seam = seam_summary(images, boxes, images > -0.99)
+    out = {"seam": round(seam["median"], 3), "seam_control": round(seam["control_median"], 3)}
+    if modality == "mg":
+        out["mass_contrast"] = round(mass_contrasts(images, [np.load(p / "labels.npy") > 0 for p in items])["median"], 4)
+    return out
+
+
+def eligible(row: dict, first: dict, synthesis: dict) -> bool:
+    """The config's conditions on an entry besides its AUCs: ``max_seam`` (its seam statistic at most this) and
+    ``min_contrast_fraction`` (its masses' median contrast at least this fraction of the first entry's)."""
+    if "max_seam" in synthesis and not row["seam"] <= synthesis["max_seam"]:
+        return False
+    if "min_contrast_fraction" in synthesis and not row["mass_contrast"] >= (
+            synthesis["min_contrast_fraction"] * first["mass_contrast"]):
+        return False
+    return True
+
+
 PICK_BY = {"hand_feature_auc": lambda r: r["hand_feature_auc"], "patch_cnn_auc": lambda r: r["patch_cnn_auc"],
            # Both tests have a target, so the worse of the two is what a pair must bring down.
            "worse_auc": lambda r: max(r["hand_feature_auc"], r["patch_cnn_auc"])}
@@ -153,7 +184,10 @@ def pick(rows: list[dict], synthesis: dict) -> dict:
     by = synthesis.get("pick_by", "hand_feature_auc")
     if by not in PICK_BY:
         raise SystemExit(f"unknown pick_by {by!r}: one of {', '.join(PICK_BY)}")
-    best = min(range(len(rows)), key=lambda k: (round(PICK_BY[by](rows[k]), 2), k))
+    # entries failing the config's other conditions (eligible) are not picked; if none passes, the first
+    # entry (the recipe as it is) stays
+    candidates = [k for k in range(len(rows)) if eligible(rows[k], rows[0], synthesis)] or [0]
+    best = min(candidates, key=lambda k: (round(PICK_BY[by](rows[k]), 2), k))
     return {k: rows[best][k] for k in GRID_KEYS if k in rows[best]}
 
 
@@ -195,12 +229,15 @@ def run(cfg: dict, out: Path) -> dict:
         synthetic_groups = anatomy_groups(anatomy, files, people)
         settings = {k: v for k, v in entry.items() if v is not None}
         for key in varied:
-            own = getattr(getattr(recipe, GRID_KEYS[key]), key)
+            section = GRID_KEYS[key]  # a pathology key is the same in every [[pathology]] table the study sets
+            own = getattr(recipe.pathology[0] if section == "pathology" else getattr(recipe, section), key)
             settings.setdefault(key, list(own) if isinstance(own, tuple) else own)
         if any(key in varied for key in CALLS_KEYS):
             settings["network_calls"] = network_calls(settings.get("steps", recipe.sampler.steps),
                                                       settings.get("start_step", recipe.sampler.start_step))
-        rows.append({**settings, **score(real, groups, synthetic, synthetic_groups, s),
+        lesions = lesion_scores(set_folder(out, entry), cfg["synthesis"]["n"], recipe.modality) \
+            if s.get("lesion_scores") else {}
+        rows.append({**settings, **score(real, groups, synthetic, synthetic_groups, s), **lesions,
                      "s_per_image": None if np.isnan(per_image) else round(per_image, 1)})
         print(json.dumps(rows[-1]))
     config = read_config(REPO / d["checkpoint"])  # config.json only: the weights need not be read again
@@ -215,12 +252,15 @@ def write_report(res: dict, path: Path) -> None:
     shown = [key for key in OPTIONAL_KEYS if any(key in r for r in rows)]
     labels = {key: f"{key} (network calls)" for key in CALLS_KEYS}
     with_edge = any("edge_profile" in r for r in rows)
+    with_seam, with_contrast = any("seam" in r for r in rows), any("mass_contrast" in r for r in rows)
     depth = cfg["scoring"].get("edge_depth")
     columns = (["deterministic_below", "eps_scale"] + [labels.get(key, key) for key in shown]
                + ["hand-feature AUC [95 %]", "hand families: " + " / ".join(FEATURE_GROUPS), "patch-CNN AUC [95 %]",
                   "spectrum " + " / ".join(DEFAULT_BANDS) + " (× real)",
                   f"inside {w['foreground']} " + " / ".join(DEFAULT_BANDS) + " (× real)", "gradient histogram L1"]
-               + ([f"mean intensity 1 ... {depth} px from the background"] if with_edge else []) + ["s / image"])
+               + ([f"mean intensity 1 ... {depth} px from the background"] if with_edge else [])
+               + (["seam at the lesion boxes (control)"] if with_seam else [])
+               + (["mass contrast (median)"] if with_contrast else []) + ["s / image"])
     lines = [f"# {cfg['report']['title']}", "",
              f"Generated by `python scripts/grain_study.py --config {res['config_path']}`; every number is in "
              f"`{cfg['report']['name']}.json` beside this file.",
@@ -245,6 +285,10 @@ def write_report(res: dict, path: Path) -> None:
             f"{r['gradient_hist_l1']:.3f}"]
         if with_edge:
             cells.append(", ".join(f"{v:.2f}" for v in r["edge_profile"]) if "edge_profile" in r else "–")
+        if with_seam:
+            cells.append(f"{r['seam']:.2f} ({r['seam_control']:.2f})" if "seam" in r else "–")
+        if with_contrast:
+            cells.append(f"{r['mass_contrast']:.3f}" if "mass_contrast" in r else "–")
         cells.append(str(r["s_per_image"] or ""))
         lines.append("| " + " | ".join(cells) + " |")
     picked = ", ".join(f"{k} = {v:.2f}" if k == "eps_scale" else f"{k} = {v}" for k, v in res["pick"].items())

@@ -17,27 +17,17 @@ from pathlib import Path
 import numpy as np
 
 from mcfast.evaluate.classifier import machine_info
-from mcfast.evaluate.lesion_contrast import contrast_summary, lesion_contrast, mias_mass_masks
+from mcfast.evaluate.lesion_contrast import mass_contrasts, mias_mass_masks
 from mcfast.evaluate.realism_sets import (anatomy_groups, anatomy_training_index, checkpoint_fields,
                                           feature_net_and_floor, fmt_auc, fmt_memorization, MEMORIZATION_NOTE,
                                           fmt_families, load_split, machine_line, model_steps, record_set,
                                           replace_block, report_arguments, resize_area, resize_masks, save_results,
                                           scored_set, sets_scored_at, start_report, two_sample_targets)
 from mcfast.evaluate.realism_suite import SuiteSettings, compare
-from mcfast.io.mammo import breast_mask, frame_model_images
+from mcfast.io.mammo import frame_model_images
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS_NAME = "realism_mg"
-
-
-def mass_contrasts(images: np.ndarray, masks: list[np.ndarray]) -> dict:
-    """Contrast of each mass (``masks[k]`` on ``images[k]``, model space) against its surround in the breast."""
-    values = []
-    for img, mask in zip(images, masks):
-        img01 = (img + 1.0) / 2.0
-        if mask.any():
-            values.append(lesion_contrast(img01, mask, tissue=breast_mask(img01)))
-    return {**contrast_summary(values), "values": [round(float(v), 4) for v in values]}
 
 
 def real_mass_contrasts(masses: list[dict], images: np.ndarray, size: int) -> dict:

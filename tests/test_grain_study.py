@@ -165,7 +165,7 @@ def test_grid_tables_take_the_recipes_own_settings_where_they_are_silent(tmp_pat
     assert entries[0] == {"deterministic_below": recipe.deterministic_below, "eps_scale": recipe.eps_scale,
                           "padding_band": None, "steps": None, "start_step": None, "factor": None, "stop_step": None,
                           "outside_factor": None, "outside_stop_step": None, "phantom_wall": None,
-                          "phantom_blood_hu": None}
+                          "phantom_blood_hu": None, "sigma_scale": None}
     assert entries[1]["steps"] == "50+tail9" and entries[2]["eps_scale"] == 1.02
     assert entries[3]["deterministic_below"] == 0 and entries[3]["padding_band"] == 3
     folders = [study.set_folder(tmp_path, e).name for e in entries]
@@ -211,3 +211,18 @@ def test_grid_tables_take_phantom_settings():
     assert entries[1]["phantom_wall"] == "muscles" and entries[1]["phantom_blood_hu"] == [40, 250]
     assert [study.set_folder(Path("x"), e).name for e in entries] == [
         "below_250_eps_1.00_wall_ring_blood_40_40", "below_250_eps_1.00_wall_muscles_blood_40_250"]
+
+
+def test_pick_respects_the_seam_and_contrast_conditions():
+    """max_seam / min_contrast_fraction take entries out of the pick; with none left, the first entry stays."""
+    pick = _grain_study().pick
+
+    def row(scale, hand, cnn, seam, contrast):
+        return {"deterministic_below": 250, "eps_scale": 1.0, "sigma_scale": scale, "hand_feature_auc": hand,
+                "patch_cnn_auc": cnn, "seam": seam, "mass_contrast": contrast}
+
+    rows = [row(0.5, 0.80, 0.70, 1.45, 0.07), row(0.4, 0.78, 0.69, 1.15, 0.05), row(0.3, 0.70, 0.66, 1.02, 0.03)]
+    rule = {"pick_by": "worse_auc", "max_seam": 1.2, "min_contrast_fraction": 0.5}
+    assert pick(rows, {"pick_by": "worse_auc"})["sigma_scale"] == 0.3
+    assert pick(rows, rule)["sigma_scale"] == 0.4  # 0.3 keeps 0.03 / 0.07 of the masses' contrast: too faint
+    assert pick(rows, {**rule, "max_seam": 1.1})["sigma_scale"] == 0.5  # no entry qualifies: the recipe stays

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from mcfast.errors import InputError
-from mcfast.evaluate.lesion_contrast import contrast_summary, lesion_contrast, mias_mass_masks
+from mcfast.evaluate.lesion_contrast import contrast_summary, lesion_contrast, mass_contrasts, mias_mass_masks
 from mcfast.io.annotations import MIAS_MASS_CLASSES, read_mias_info
 from mcfast.pathology.transform import _rotate_about_centre, augment
 from mcfast.synthesis.plan import _place_one, from_model, matching_region
@@ -208,6 +208,17 @@ def test_lesion_contrast_of_a_disc():
     assert np.isnan(lesion_contrast(image, mask, tissue=mask))  # no tissue around the lesion: no ring
     with pytest.raises(InputError, match="empty"):
         lesion_contrast(image, np.zeros_like(mask))
+
+
+def test_mass_contrasts_of_mammograms_in_model_space():
+    """Model-space mammograms ([-1, 1], blank background -1): contrast in [0, 1] units within the breast,
+    an image without a mass skipped."""
+    rr, cc = np.ogrid[:64, :64]
+    breast = (rr - 32) ** 2 + cc ** 2 <= 50 ** 2  # chest wall on the left
+    mass = (rr - 32) ** 2 + (cc - 25) ** 2 <= 36
+    image = np.where(breast, np.where(mass, 0.6, 0.2), -1.0)  # model space: 0.8 vs 0.6 in [0, 1]
+    res = mass_contrasts(np.stack([image, image]), [mass, np.zeros_like(mass)])
+    assert res["n"] == 1 and res["values"] == [pytest.approx(0.2)] and res["median"] == pytest.approx(0.2)
 
 
 def test_contrast_summary_drops_nans():

@@ -78,6 +78,19 @@ def contrast_summary(values) -> dict:
             "fraction_negative": float(np.mean(finite < 0))}
 
 
+def mass_contrasts(images: np.ndarray, masks) -> dict:
+    """Contrast of each mass (``masks[k]`` on ``images[k]``, mammograms in model space [-1, 1]) against its
+    surround in the breast, in [0, 1] units: the summary (:func:`contrast_summary`) and every value."""
+    from mcfast.io.mammo import breast_mask
+
+    values = []
+    for img, mask in zip(images, masks):
+        img01 = (img + 1.0) / 2.0
+        if mask.any():
+            values.append(lesion_contrast(img01, mask, tissue=breast_mask(img01)))
+    return {**contrast_summary(values), "values": [round(float(v), 4) for v in values]}
+
+
 def _disc(shape: tuple[int, int], center_xy: tuple[float, float], radius: float) -> np.ndarray:
     """Pixels whose centres lie within ``radius`` of ``center_xy`` = (col, row) pixel indices."""
     rr, cc = np.ogrid[:shape[0], :shape[1]]
