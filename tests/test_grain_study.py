@@ -226,3 +226,14 @@ def test_pick_respects_the_seam_and_contrast_conditions():
     assert pick(rows, {"pick_by": "worse_auc"})["sigma_scale"] == 0.3
     assert pick(rows, rule)["sigma_scale"] == 0.4  # 0.3 keeps 0.03 / 0.07 of the masses' contrast: too faint
     assert pick(rows, {**rule, "max_seam": 1.1})["sigma_scale"] == 0.5  # no entry qualifies: the recipe stays
+
+
+def test_the_film_recipe_carries_the_seam_study_pick():
+    study, config, rows = _study("seam_mg")
+    assert [r["sigma_scale"] for r in rows] == [e["sigma_scale"] for e in config["synthesis"]["grid"]]
+    picked = next(r for r in rows if r["sigma_scale"] == study["pick"]["sigma_scale"])
+    # the conditions the rule states: no seam, and the masses keep half their contrast
+    assert picked["seam"] <= config["synthesis"]["max_seam"]
+    assert picked["mass_contrast"] >= config["synthesis"]["min_contrast_fraction"] * rows[0]["mass_contrast"]
+    for name in ("mammo_mias512.toml", "mammo_mias1024.toml"):
+        assert all(p.sigma_scale == study["pick"]["sigma_scale"] for p in load_recipe(REPO / "configs" / name).pathology)
