@@ -122,6 +122,16 @@ def test_the_phantom_ct_recipe_carries_the_phantom_fine_pick():
         study["pick"]["factor"], study["pick"]["outside_factor"], study["pick"]["outside_stop_step"])
 
 
+def test_the_phantom_ct_recipes_carry_the_phantom_body_pick():
+    study, config, rows = _study("phantom_body_ct")
+    assert [(r["phantom_wall"], r["phantom_blood_hu"]) for r in rows] == [
+        (entry["phantom_wall"], entry["phantom_blood_hu"]) for entry in config["synthesis"]["grid"]]
+    for recipe in (REPO / "configs" / "lung_ct_phantom512.toml", REPO / "mcfast" / "configs" / "demo_ct_real.toml"):
+        anatomy = load_recipe(recipe).anatomy
+        assert (anatomy.phantom_wall, list(anatomy.phantom_blood_hu)) == (
+            study["pick"]["phantom_wall"], study["pick"]["phantom_blood_hu"])
+
+
 def test_the_phantom_ct_study_pick_is_withheld_with_its_reason():
     study, config, rows = _study("grain_ct_phantom")
     assert [[r["deterministic_below"], r["eps_scale"]] for r in rows] == config["synthesis"]["grid"]
