@@ -279,7 +279,9 @@ def validate(recipe: Recipe) -> Recipe:
     if not BLOOD_HU_RANGE[0] <= a.phantom_blood_hu[0] <= a.phantom_blood_hu[1] <= BLOOD_HU_RANGE[1]:
         raise InputError(f"{where}: anatomy.phantom_blood_hu = {list(a.phantom_blood_hu)} must lie in "
                          f"[{BLOOD_HU_RANGE[0]}, {BLOOD_HU_RANGE[1]}] HU")
-    if (a.phantom_wall, a.phantom_blood_hu) != ("ring", (40, 40)) and (a.source != "phantom" or recipe.modality != "ct"):
+    plain = AnatomySpec()  # the phantom as it is drawn without the options
+    if (a.phantom_wall, a.phantom_blood_hu) != (plain.phantom_wall, plain.phantom_blood_hu) and (
+            a.source != "phantom" or recipe.modality != "ct"):
         raise InputError(f"{where}: anatomy.phantom_wall and phantom_blood_hu shape a CT phantom; they need "
                          f"anatomy.source = 'phantom' and recipe.modality = 'ct'")
     for k, p in enumerate(recipe.pathology):
