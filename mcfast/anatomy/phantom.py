@@ -36,8 +36,8 @@ RIB_HU = 700.0
 #: "muscles", the muscle groups of a real chest wall (paraspinal, pectoral, latissimus) as thickenings of
 #: the wall, so that the wall is thick behind the spine and thin at the sides (:func:`_wall_depth`).
 WALLS = ("ring", "muscles")
-#: The blood pool HU a phantom accepts: below, blood denser than water is not blood; above, beyond the
-#: arterial phase of an iodinated contrast scan.
+#: The blood pool HU a phantom accepts: below -100 HU a pixel is fat, not blood; above 600 HU it is beyond
+#: the arterial phase of an iodinated contrast scan.
 BLOOD_HU_RANGE = (-100, 600)
 
 # Right lung (image left) template in thoracic-cavity units: the cavity is the unit disc.
