@@ -33,13 +33,12 @@ import torch
 
 from mcfast.atomic import write_text
 from mcfast.diffusion.samplers import network_calls
-from mcfast.evaluate.classifier import machine_info
 from mcfast.evaluate.hand_features import FEATURE_GROUPS, gradient_histogram, hand_feature_test
 from mcfast.evaluate.patch_cnn import patch_cnn_test
 from mcfast.evaluate.lesion_contrast import mass_contrasts
 from mcfast.evaluate.seams import seam_summary
 from mcfast.evaluate.realism_sets import (anatomy_groups, checkpoint_fields, floor_subset, load_split, machine_line,
-                                          model_steps, record_timing, seconds_per_image)
+                                          model_steps, record_timing, scoring_machine, seconds_per_image)
 from mcfast.evaluate.spectrum import interior_band_ratios
 from mcfast.evaluate.tissue import edge_profile
 from mcfast.evaluate.two_sample import DEFAULT_BANDS, spectrum_band_ratios
@@ -241,7 +240,7 @@ def run(cfg: dict, out: Path) -> dict:
                      "s_per_image": None if np.isnan(per_image) else round(per_image, 1)})
         print(json.dumps(rows[-1]))
     config = read_config(REPO / d["checkpoint"])  # config.json only: the weights need not be read again
-    return {"config": cfg, "checkpoint": d["checkpoint"], **checkpoint_fields(config), "machine": machine_info(),
+    return {"config": cfg, "checkpoint": d["checkpoint"], **checkpoint_fields(config), "machine": scoring_machine(),
             "n_reference": len(real), "n_reference_people": len(set(groups)), "rows": rows,
             "pick": pick(rows[1:], cfg["synthesis"])}
 

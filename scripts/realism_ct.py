@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 
 from mcfast.errors import InputError
-from mcfast.evaluate.classifier import machine_info
 from mcfast.evaluate.realism_sets import (anatomy_groups, anatomy_training_index, checkpoint_fields,
                                           feature_net_and_floor, fmt_auc, fmt_memorization, MEMORIZATION_NOTE,
                                           fmt_families, load_split, load_synthetic, machine_line, model_steps,
                                           record_set, replace_block, report_arguments, resize_area, save_results,
-                                          scored_set, sets_scored_at, start_report, two_sample_targets)
+                                          scored_set, scoring_machine, sets_scored_at, start_report,
+                                          two_sample_targets)
 from mcfast.evaluate.realism_suite import SuiteSettings, compare
 
 REPO = Path(__file__).resolve().parent.parent
@@ -172,7 +172,7 @@ def main() -> None:
     ckpt_config = json.loads((REPO / cfg["data"]["checkpoint"] / "config.json").read_text())
     n = cfg["synthesis"]["n"]
     results = {"config": cfg, "checkpoint": cfg["data"]["checkpoint"], **checkpoint_fields(ckpt_config),
-               "machine": machine_info(), "n_train_slices": len(train512), "n_val_slices": len(val512),
+               "machine": scoring_machine(), "n_train_slices": len(train512), "n_val_slices": len(val512),
                "n_val_patients": len(set(val_patients)), "sizes": {}}
     from mcfast.evaluate.two_sample import tissue_hu_medians
     for size in cfg["synthesis"]["sizes"]:

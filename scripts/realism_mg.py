@@ -16,13 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
-from mcfast.evaluate.classifier import machine_info
 from mcfast.evaluate.lesion_contrast import mass_contrasts, mias_mass_masks
 from mcfast.evaluate.realism_sets import (anatomy_groups, anatomy_training_index, checkpoint_fields,
                                           feature_net_and_floor, fmt_auc, fmt_memorization, MEMORIZATION_NOTE,
                                           fmt_families, load_split, machine_line, model_steps, record_set,
                                           replace_block, report_arguments, resize_area, resize_masks, save_results,
-                                          scored_set, sets_scored_at, start_report, two_sample_targets)
+                                          scored_set, scoring_machine, sets_scored_at, start_report,
+                                          two_sample_targets)
 from mcfast.evaluate.realism_suite import SuiteSettings, compare
 from mcfast.io.mammo import frame_model_images
 
@@ -175,7 +175,7 @@ def main() -> None:
     ckpt_config = json.loads((REPO / cfg["data"]["checkpoint"] / "config.json").read_text())
     n = cfg["synthesis"]["n"]
     results = {"config": cfg, "checkpoint": cfg["data"]["checkpoint"], **checkpoint_fields(ckpt_config),
-               "machine": machine_info(), "n_train_films": len(train512), "n_val_films": len(val512),
+               "machine": scoring_machine(), "n_train_films": len(train512), "n_val_films": len(val512),
                "n_val_women": len(set(val_women)), "sizes": {}}
     masses = {split: mias_mass_masks(prepared / split) for split in ("train", "val")}
     for size in cfg["synthesis"]["sizes"]:

@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from mcfast.diffusion.samplers import respacing_for_calls
-from mcfast.evaluate.classifier import machine_info
 from mcfast.evaluate.realism_sets import (anatomy_groups, feature_net_and_floor, fmt_auc, generate, load_split,
                                           load_synthetic, machine_line, report_arguments, resize_area,
-                                          save_results, scaled_recipe, seconds_per_image, start_report)
+                                          save_results, scaled_recipe, scoring_machine, seconds_per_image,
+                                          start_report)
 from mcfast.evaluate.realism_suite import SuiteSettings, compare
 from mcfast.synthesis.agreement import condition_errors, summarise
 from mcfast.synthesis.plan import plan_item
@@ -140,7 +140,7 @@ def main() -> None:
     net, floor = feature_net_and_floor(train, val, train_patients, val_patients, syn["n"], settings, "ct")
     ckpt = json.loads((REPO / cfg["data"]["checkpoint"] / "config.json").read_text())
     results = {"config": cfg, "checkpoint": cfg["data"]["checkpoint"], "checkpoint_step": ckpt["step"],
-               "machine": machine_info(), "size": syn["size"], "n": syn["n"],
+               "machine": scoring_machine(), "size": syn["size"], "n": syn["n"],
                "start_step": scaled_recipe(REPO / syn["recipe"], syn["size"]).sampler.start_step,
                "floor": floor, "sets": {}}
     for name, spec in sets.items():

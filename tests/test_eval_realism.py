@@ -111,3 +111,16 @@ def test_report_names_the_total_training_steps_of_warm_started_weights():
     fresh = checkpoint_fields({"step": 600})  # a run never warm-started has no history
     assert model_steps(fresh) == "600 training steps"
     assert model_steps({"checkpoint_step": 2100}) == "step 2100"  # results saved before totals were recorded
+
+
+def test_report_machine_line_says_the_patch_cnn_thread_count():
+    from mcfast.evaluate.patch_cnn import DEFAULT_THREADS
+    from mcfast.evaluate.realism_sets import machine_line, scoring_machine
+
+    info = scoring_machine()
+    assert info["patch_cnn_threads"] == DEFAULT_THREADS and info["torch_threads"] == torch.get_num_threads()
+    line = machine_line(dict(info, torch_threads=2, cuda=False, cpu_count=2, cpu_model="CPU X"))
+    assert line.endswith(f"2 thread(s) in the scoring pass (the patch CNN on {DEFAULT_THREADS})")
+    assert line.startswith("2 CPU cores (CPU X), no GPU")
+    old = {k: v for k, v in info.items() if k != "patch_cnn_threads"}  # a report scored before the pin
+    assert machine_line(dict(old, torch_threads=2, cuda=False)).endswith("2 thread(s) in the scoring pass")

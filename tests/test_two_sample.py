@@ -203,6 +203,28 @@ def test_bad_input_raises_input_error(fn):
         fn(a[0], a, folds=2)
 
 
+def test_patch_cnn_runs_on_its_own_thread_count_whatever_the_callers():
+    """The CNN's training is sensitive to float rounding, which depends on the thread count: the test
+    pins it (default 1), records it, and gives the caller back its own count."""
+    import torch
+    a, b = _fields(2, n=12), _fields(3, n=12, noise=0.02)
+    kw = dict(FAST_CNN, folds=2, epochs=1, crops_per_image=8)
+    results = {}
+    for caller in (1, 2):
+        torch.set_num_threads(caller)
+        results[caller] = ts.patch_cnn_test(a, b, **kw)
+        assert torch.get_num_threads() == caller
+        assert results[caller]["threads"] == 1
+    assert results[1]["scores_a"] == results[2]["scores_a"] and results[1]["auc"] == results[2]["auc"]
+    torch.set_num_threads(2)
+    assert ts.patch_cnn_test(a, b, threads=None, **kw)["threads"] == 2
+    assert ts.patch_cnn_test(a, b, threads=2, **kw)["threads"] == 2
+    torch.set_num_threads(1)
+    for bad in (0, 1.5, "2"):
+        with pytest.raises(InputError, match="threads must be an integer >= 1 or None"):
+            ts.patch_cnn_test(a, b, threads=bad, **kw)
+
+
 def test_bad_crop_raises_input_error():
     a = _fields(0, n=4, size=32)
     with pytest.raises(InputError, match="crop 64"):

@@ -5,7 +5,8 @@ mean logit of its crops (the protocol: :mod:`mcfast.evaluate.two_sample`).
 from __future__ import annotations
 
 import time
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -62,6 +63,23 @@ def _valid_positions(images: np.ndarray, crop: int, min_std: float) -> np.ndarra
 
 REGIONS = ("any", "interior", "edge")
 
+# The CNN's training is chaotic enough that float rounding decides its result: oneDNN splits a
+# convolution's sums by thread, and on identical images 1 and 2 threads gave AUCs up to 0.09 apart
+# (session 18). Training on a fixed thread count makes the test a function of its inputs and seed.
+DEFAULT_THREADS = 1
+
+
+@contextmanager
+def _torch_threads(n: int | None) -> Iterator[None]:
+    """Run the body on ``n`` intra-op threads (``None``: as set), then restore the caller's count."""
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
 
 def _region_positions(images: np.ndarray, crop: int, region: str, background: float) -> np.ndarray:
     """(N, H-crop+1, W-crop+1) bool: crop at (y, x) lies wholly on foreground (pixels above
@@ -93,7 +111,8 @@ def _sample_crops(images: np.ndarray, valid: np.ndarray, index: np.ndarray, n_cr
 def patch_cnn_test(a, b, *, crop: int = 48, crops_per_image: int = 32, folds: int = 5, epochs: int = 5,
                    batch_size: int = 64, lr: float = 1e-3, min_std: float = 1e-3, seed: int = 0,
                    n_boot: int = 1000, ci: float = 0.95, groups_a=None, groups_b=None, region: str = "any",
-                   background: float = -1.0, progress: Callable[[str], None] | None = None) -> dict:
+                   background: float = -1.0, threads: int | None = DEFAULT_THREADS,
+                   progress: Callable[[str], None] | None = None) -> dict:
     """Patch-level CNN two-sample test: can a small CNN tell crops of ``a`` (label 0) from ``b`` (1)?
 
     Folds come from :func:`grouped_folds` (by image, or by ``groups_a``/``groups_b`` such as
@@ -117,6 +136,9 @@ def patch_cnn_test(a, b, *, crop: int = 48, crops_per_image: int = 32, folds: in
     mammograms of session 12 against the validation films (folds by image) "any" gave 0.83, "interior"
     1.00 and "edge" 0.80: the tissue's texture gave them away more than the skin line.
 
+    The CNN trains and scores on ``threads`` intra-op threads (default 1, whatever the caller's count;
+    ``None`` keeps the caller's): the result depends on the thread count (:data:`DEFAULT_THREADS`).
+
     Runtime: two sets of 40 images of 256x256 with the defaults (crop 48, 32 crops per image,
     5 folds, 5 epochs) took about 50 s on one CPU thread (``torch.set_num_threads(1)``, on a
     2-core machine shared with a training job); the time grows linearly with
@@ -138,6 +160,16 @@ def patch_cnn_test(a, b, *, crop: int = 48, crops_per_image: int = 32, folds: in
         raise InputError(f"lr must be > 0, got {lr}")
     if region not in REGIONS:
         raise InputError(f"region {region!r} must be one of {', '.join(REGIONS)}")
+    if threads is not None and (not isinstance(threads, (int, np.integer)) or threads < 1):
+        raise InputError(f"threads must be an integer >= 1 or None, got {threads!r}")
+    with _torch_threads(threads):
+        return _patch_cnn_folds(a, b, crop, crops_per_image, folds, epochs, batch_size, lr, min_std, seed, n_boot,
+                                ci, groups_a, groups_b, region, background, progress)
+
+
+def _patch_cnn_folds(a, b, crop, crops_per_image, folds, epochs, batch_size, lr, min_std, seed, n_boot, ci,
+                     groups_a, groups_b, region, background, progress) -> dict:
+    """:func:`patch_cnn_test` after its checks, on the thread count it set."""
     say = progress or (lambda msg: None)
     t0 = time.perf_counter()
     images = np.concatenate([a, b])
@@ -182,6 +214,7 @@ def patch_cnn_test(a, b, *, crop: int = 48, crops_per_image: int = 32, folds: in
     out = auc_with_interval(labels, scores, n_boot, ci, seed)
     out.update({"n_a": int(len(a)), "n_b": int(len(b)), "folds": int(folds), "crop": int(crop),
                 "crops_per_image": int(crops_per_image), "epochs": int(epochs), "region": region,
+                "threads": torch.get_num_threads(),
                 "seconds": round(time.perf_counter() - t0, 3),
                 "scores_a": scores[: len(a)].tolist(), "scores_b": scores[len(a):].tolist()})
     return out

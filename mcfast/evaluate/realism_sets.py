@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from mcfast.errors import InputError
+from mcfast.evaluate.machine import machine_info
+from mcfast.evaluate.patch_cnn import DEFAULT_THREADS as PATCH_CNN_THREADS
 from mcfast.evaluate.realism_suite import memorization_rate
 from mcfast.io.datasets import read_manifest
 from mcfast.io.images import read_npy
@@ -210,10 +212,19 @@ def seconds_per_image(folder: Path) -> float | None:
     return json.loads(timing.read_text())["seconds_per_image"] if timing.is_file() else None
 
 
+def scoring_machine() -> dict:
+    """:func:`machine_info` plus the thread count the patch CNN trains on whatever the process's count
+    (:data:`mcfast.evaluate.patch_cnn.DEFAULT_THREADS`)."""
+    return {**machine_info(), "patch_cnn_threads": PATCH_CNN_THREADS}
+
+
 def machine_line(info: dict) -> str:
+    """The machine sentence of a report; reports scored before the patch CNN had its own thread count
+    (no ``patch_cnn_threads``) trained it on the scoring pass's threads."""
     cpu = info.get("cpu_model") or info["processor"]
+    cnn = f" (the patch CNN on {info['patch_cnn_threads']})" if "patch_cnn_threads" in info else ""
     return (f"{info['cpu_count']} CPU cores ({cpu}), no GPU" if not info["cuda"] else "GPU") + \
-        f", torch {info['torch']}, {info['torch_threads']} thread(s) in the scoring pass"
+        f", torch {info['torch']}, {info['torch_threads']} thread(s) in the scoring pass{cnn}"
 
 
 def checkpoint_fields(config: dict) -> dict:
