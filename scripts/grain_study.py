@@ -37,8 +37,8 @@ from mcfast.evaluate.hand_features import FEATURE_GROUPS, gradient_histogram, ha
 from mcfast.evaluate.patch_cnn import patch_cnn_test
 from mcfast.evaluate.lesion_contrast import mass_contrasts
 from mcfast.evaluate.seams import seam_summary
-from mcfast.evaluate.realism_sets import (anatomy_groups, checkpoint_fields, floor_subset, load_split, machine_line,
-                                          model_steps, record_timing, scoring_machine, seconds_per_image)
+from mcfast.evaluate.realism_sets import (anatomy_groups, checkpoint_fields, floor_subset, fmt_auc, load_split,
+                                          machine_line, model_steps, record_timing, scoring_machine, seconds_per_image)
 from mcfast.evaluate.spectrum import interior_band_ratios
 from mcfast.evaluate.tissue import edge_profile
 from mcfast.evaluate.two_sample import DEFAULT_BANDS, spectrum_band_ratios
@@ -134,7 +134,7 @@ def score(real: np.ndarray, groups: list[str], candidates: np.ndarray, cand_grou
     test = hand_feature_test(real, candidates, folds=s["folds"], seed=s["seed"], n_boot=s["n_boot"],
                              groups_a=groups, groups_b=cand_groups)
     cnn = patch_cnn_test(real, candidates, folds=s["folds"], seed=s["seed"], n_boot=s["n_boot"],
-                         groups_a=groups, groups_b=cand_groups)
+                         groups_a=groups, groups_b=cand_groups, repeats=s.get("cnn_repeats", 1))
     ratios = spectrum_band_ratios(real, candidates)
     interior = interior_band_ratios(real, candidates, s["interior_crop"], s["interior_per_image"], s["seed"])
     edge = {"edge_profile": [round(v, 4) for v in edge_profile(candidates, s["edge_depth"])]} if "edge_depth" in s else {}
@@ -142,6 +142,7 @@ def score(real: np.ndarray, groups: list[str], candidates: np.ndarray, cand_grou
     return {"hand_feature_auc": round(test["auc"], 4), "auc_lo": round(test["auc_lo"], 4),
             "auc_hi": round(test["auc_hi"], 4), "hand_families": test["group_auc"], "patch_cnn_auc": round(cnn["auc"], 4),
             "patch_cnn_lo": round(cnn["auc_lo"], 4), "patch_cnn_hi": round(cnn["auc_hi"], 4),
+            **({"patch_cnn_runs": cnn["repeat_aucs"]} if cnn["repeat_aucs"] else {}),
             **{b: round(ratios[b], 4) for b in DEFAULT_BANDS},
             **{f"interior_{b}": round(interior[b], 4) for b in DEFAULT_BANDS},
             "gradient_hist_l1": round(grad_l1, 4), **edge}
@@ -278,7 +279,8 @@ def write_report(res: dict, path: Path) -> None:
         cells = head + [
             f"{r['hand_feature_auc']:.2f} [{r['auc_lo']:.2f}, {r['auc_hi']:.2f}]",
             " / ".join(f"{r['hand_families'][f]:.2f}" for f in FEATURE_GROUPS) if "hand_families" in r else "–",
-            f"{r['patch_cnn_auc']:.2f} [{r['patch_cnn_lo']:.2f}, {r['patch_cnn_hi']:.2f}]" if "patch_cnn_auc" in r else "–",
+            fmt_auc({"auc": r["patch_cnn_auc"], "auc_lo": r["patch_cnn_lo"], "auc_hi": r["patch_cnn_hi"],
+                     "repeat_aucs": r.get("patch_cnn_runs")}) if "patch_cnn_auc" in r else "–",
             " / ".join(f"{r[b]:.2f}" for b in DEFAULT_BANDS),
             " / ".join(f"{r[f'interior_{b}']:.2f}" for b in DEFAULT_BANDS) if "interior_high" in r else "–",
             f"{r['gradient_hist_l1']:.3f}"]

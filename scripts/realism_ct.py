@@ -16,10 +16,10 @@ import numpy as np
 
 from mcfast.errors import InputError
 from mcfast.evaluate.realism_sets import (anatomy_groups, anatomy_training_index, checkpoint_fields,
-                                          feature_net_and_floor, fmt_auc, fmt_memorization, MEMORIZATION_NOTE,
-                                          fmt_families, load_split, load_synthetic, machine_line, model_steps,
-                                          record_set, replace_block, report_arguments, resize_area, save_results,
-                                          scored_set, scoring_machine, sets_scored_at, start_report,
+                                          feature_net_and_floor, fmt_auc, fmt_families, fmt_memorization, load_split,
+                                          load_synthetic, machine_line, MEMORIZATION_NOTE, model_steps,
+                                          patch_cnn_note, record_set, replace_block, report_arguments, resize_area,
+                                          save_results, scored_set, scoring_machine, sets_scored_at, start_report,
                                           two_sample_targets)
 from mcfast.evaluate.realism_suite import SuiteSettings, compare
 
@@ -61,7 +61,7 @@ def write_markdown(results: dict, path: Path) -> None:
              "slices against the training set (other patients). s / image: 1 thread, two sets made at once on 2 cores.",
              "A set named `X_512to256` is the 512² set X area-downsampled to 256², as the real 256² slices are made from",
              "the 512² ones (its s / image is the 512² sampling time).",
-             *MEMORIZATION_NOTE,
+             *MEMORIZATION_NOTE, *patch_cnn_note(results["config"]),
              "", f"Model: `{results['checkpoint']}`, {model_steps(results)}. Machine: "
              f"{machine_line(results['machine'])}.", ""]
     for size, block in results["sizes"].items():

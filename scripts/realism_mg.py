@@ -18,8 +18,8 @@ import numpy as np
 
 from mcfast.evaluate.lesion_contrast import mass_contrasts, mias_mass_masks
 from mcfast.evaluate.realism_sets import (anatomy_groups, anatomy_training_index, checkpoint_fields,
-                                          feature_net_and_floor, fmt_auc, fmt_memorization, MEMORIZATION_NOTE,
-                                          fmt_families, load_split, machine_line, model_steps, record_set,
+                                          feature_net_and_floor, fmt_auc, fmt_families, fmt_memorization, load_split,
+                                          machine_line, MEMORIZATION_NOTE, model_steps, patch_cnn_note, record_set,
                                           replace_block, report_arguments, resize_area, resize_masks, save_results,
                                           scored_set, scoring_machine, sets_scored_at, start_report,
                                           two_sample_targets)
@@ -80,7 +80,7 @@ def write_markdown(results: dict, path: Path) -> None:
              "The floor row's contrast is that of the training women's masses. s / image: 1 thread.",
              "A set named `X_512to256` is the 512² set X area-downsampled to 256², as the real 256² films are made",
              "from the 512² ones (its s / image is the 512² sampling time).",
-             *MEMORIZATION_NOTE,
+             *MEMORIZATION_NOTE, *patch_cnn_note(results["config"]),
              "", f"Model: `{results['checkpoint']}`, {model_steps(results)}. Machine: "
              f"{machine_line(results['machine'])}.", ""]
     for size, block in results["sizes"].items():

@@ -124,3 +124,29 @@ def test_report_machine_line_says_the_patch_cnn_thread_count():
     assert line.startswith("2 CPU cores (CPU X), no GPU")
     old = {k: v for k, v in info.items() if k != "patch_cnn_threads"}  # a report scored before the pin
     assert machine_line(dict(old, torch_threads=2, cuda=False)).endswith("2 thread(s) in the scoring pass")
+
+
+def test_report_shows_the_runs_of_a_repeated_patch_cnn_and_says_how_it_was_made():
+    from mcfast.evaluate.realism_sets import fmt_auc, patch_cnn_note
+
+    single = {"auc": 0.5, "auc_lo": 0.3, "auc_hi": 0.7}
+    assert fmt_auc(single) == "0.50 [0.30, 0.70]" == fmt_auc(dict(single, repeat_aucs=[]))
+    assert fmt_auc(dict(single, repeat_aucs=[0.62, 0.41, 0.55])) == "0.50 [0.30, 0.70] (runs 0.41–0.62)"
+    assert patch_cnn_note({"suite": {}}) == [] == patch_cnn_note({"suite": {"cnn_repeats": 1}})
+    assert "mean of 3 CNNs" in " ".join(patch_cnn_note({"suite": {"cnn_repeats": 3}}))
+
+
+def test_suite_passes_its_cnn_repeats_to_the_patch_cnn(monkeypatch):
+    from mcfast.evaluate import realism_suite, two_sample
+
+    seen = {}
+
+    def fake_cnn(a, b, **kw):
+        seen.update(kw)
+        raise StopIteration  # the rest of the suite is not this test's business
+
+    monkeypatch.setattr(two_sample, "patch_cnn_test", fake_cnn)
+    images = np.zeros((4, 32, 32), np.float32)
+    with pytest.raises(StopIteration):
+        realism_suite.compare(images, images, images, None, realism_suite.SuiteSettings(cnn_repeats=3))
+    assert seen["repeats"] == 3

@@ -225,6 +225,20 @@ def test_patch_cnn_runs_on_its_own_thread_count_whatever_the_callers():
             ts.patch_cnn_test(a, b, threads=bad, **kw)
 
 
+def test_patch_cnn_repeats_average_retrained_cnns_and_keep_the_first_run():
+    a, b = _fields(2, n=12), _fields(3, n=12, noise=0.02)
+    kw = dict(FAST_CNN, folds=2, epochs=1, crops_per_image=8)
+    single = ts.patch_cnn_test(a, b, **kw)
+    triple = ts.patch_cnn_test(a, b, repeats=3, **kw)
+    assert single["repeats"] == 1 and single["repeat_aucs"] == []
+    assert triple["repeats"] == 3 and len(triple["repeat_aucs"]) == 3
+    assert triple["repeat_aucs"][0] == round(single["auc"], 4)  # repeat 0 is the single-run test
+    assert triple["scores_a"] != single["scores_a"]  # the others retrain from other weights and crops
+    assert triple == ts.patch_cnn_test(a, b, repeats=3, **kw) | {"seconds": triple["seconds"]}
+    with pytest.raises(InputError, match="repeats must be an integer >= 1"):
+        ts.patch_cnn_test(a, b, repeats=0, **kw)
+
+
 def test_bad_crop_raises_input_error():
     a = _fields(0, n=4, size=32)
     with pytest.raises(InputError, match="crop 64"):

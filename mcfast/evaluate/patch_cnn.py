@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from mcfast.errors import InputError
 from mcfast.evaluate.folds import check_pair, grouped_folds, image_groups
-from mcfast.evaluate.metrics import auc_with_interval
+from mcfast.evaluate.metrics import auc_with_interval, roc_auc
 from mcfast.evaluate.spectrum import foreground_counts
 
 
@@ -65,7 +65,8 @@ REGIONS = ("any", "interior", "edge")
 
 # The CNN's training is chaotic enough that float rounding decides its result: oneDNN splits a
 # convolution's sums by thread, and on identical images 1 and 2 threads gave AUCs up to 0.09 apart
-# (session 18). Training on a fixed thread count makes the test a function of its inputs and seed.
+# (session 18). Training on a fixed thread count makes the test a function of its inputs and seed on
+# one machine; across CPUs the kernels differ too (``repeats`` averages that noise down).
 DEFAULT_THREADS = 1
 
 
@@ -111,7 +112,7 @@ def _sample_crops(images: np.ndarray, valid: np.ndarray, index: np.ndarray, n_cr
 def patch_cnn_test(a, b, *, crop: int = 48, crops_per_image: int = 32, folds: int = 5, epochs: int = 5,
                    batch_size: int = 64, lr: float = 1e-3, min_std: float = 1e-3, seed: int = 0,
                    n_boot: int = 1000, ci: float = 0.95, groups_a=None, groups_b=None, region: str = "any",
-                   background: float = -1.0, threads: int | None = DEFAULT_THREADS,
+                   background: float = -1.0, threads: int | None = DEFAULT_THREADS, repeats: int = 1,
                    progress: Callable[[str], None] | None = None) -> dict:
     """Patch-level CNN two-sample test: can a small CNN tell crops of ``a`` (label 0) from ``b`` (1)?
 
@@ -139,6 +140,13 @@ def patch_cnn_test(a, b, *, crop: int = 48, crops_per_image: int = 32, folds: in
     The CNN trains and scores on ``threads`` intra-op threads (default 1, whatever the caller's count;
     ``None`` keeps the caller's): the result depends on the thread count (:data:`DEFAULT_THREADS`).
 
+    ``repeats`` > 1 trains every fold's CNN that many times from other initial weights and training
+    crops (the folds and test crops stay) and scores each image by the mean of its repeats' scores.
+    Why: one CNN's result is chaotic in float rounding. On the same 8 phantom-anatomy CT slices against
+    24 training slices, scored on 1 thread, an Intel Xeon gave 0.70 and an AMD EPYC 0.90 (session 19;
+    the hand features agreed to 4 digits); the bootstrap interval covers the images, not the training.
+    ``repeat_aucs`` lists each repeat's own AUC: their spread is the test's training noise.
+
     Runtime: two sets of 40 images of 256x256 with the defaults (crop 48, 32 crops per image,
     5 folds, 5 epochs) took about 50 s on one CPU thread (``torch.set_num_threads(1)``, on a
     2-core machine shared with a training job); the time grows linearly with
@@ -147,13 +155,15 @@ def patch_cnn_test(a, b, *, crop: int = 48, crops_per_image: int = 32, folds: in
     where :func:`mcfast.evaluate.hand_features.hand_feature_test` gave 0.60; same-process sets gave 0.47.
 
     Returns ``auc``, ``auc_lo``, ``auc_hi``, ``n_a``, ``n_b``, ``folds``, ``crop``,
-    ``crops_per_image``, ``epochs``, ``seconds`` and the out-of-fold ``scores_a``/``scores_b``.
+    ``crops_per_image``, ``epochs``, ``region``, ``threads``, ``repeats``, ``repeat_aucs``, ``seconds``
+    and the out-of-fold ``scores_a``/``scores_b`` (means over the repeats).
     """
     a, b = check_pair(a, b, folds)
     h, w = a.shape[1:]
     if not isinstance(crop, (int, np.integer)) or not 8 <= crop <= min(h, w):
         raise InputError(f"crop {crop!r} must be an integer in [8, {min(h, w)}] for {h}x{w} images")
-    for name, value in (("crops_per_image", crops_per_image), ("epochs", epochs), ("batch_size", batch_size)):
+    for name, value in (("crops_per_image", crops_per_image), ("epochs", epochs), ("batch_size", batch_size),
+                        ("repeats", repeats)):
         if not isinstance(value, (int, np.integer)) or value < 1:
             raise InputError(f"{name} must be an integer >= 1, got {value!r}")
     if not lr > 0:
@@ -164,11 +174,11 @@ def patch_cnn_test(a, b, *, crop: int = 48, crops_per_image: int = 32, folds: in
         raise InputError(f"threads must be an integer >= 1 or None, got {threads!r}")
     with _torch_threads(threads):
         return _patch_cnn_folds(a, b, crop, crops_per_image, folds, epochs, batch_size, lr, min_std, seed, n_boot,
-                                ci, groups_a, groups_b, region, background, progress)
+                                ci, groups_a, groups_b, region, background, repeats, progress)
 
 
 def _patch_cnn_folds(a, b, crop, crops_per_image, folds, epochs, batch_size, lr, min_std, seed, n_boot, ci,
-                     groups_a, groups_b, region, background, progress) -> dict:
+                     groups_a, groups_b, region, background, repeats, progress) -> dict:
     """:func:`patch_cnn_test` after its checks, on the thread count it set."""
     say = progress or (lambda msg: None)
     t0 = time.perf_counter()
@@ -179,42 +189,56 @@ def _patch_cnn_folds(a, b, crop, crops_per_image, folds, epochs, batch_size, lr,
     test_rng = np.random.default_rng([seed, 1])
     test_crops = torch.from_numpy(_sample_crops(images, valid, np.arange(len(images)), crops_per_image, crop,
                                                 test_rng))[:, None]
-    scores = np.full(len(images), np.nan)
-    for f, (train_idx, test_idx) in enumerate(splits):
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed * 1009 + f)
-            net = PatchCNN()
-        opt = torch.optim.Adam(net.parameters(), lr=lr)
-        rng = np.random.default_rng([seed, 2, f])
-        y_img = labels[train_idx]
-        loss_sum = 0.0
-        for epoch in range(epochs):
-            x = torch.from_numpy(_sample_crops(images, valid, train_idx, crops_per_image, crop, rng))[:, None]
-            y = torch.from_numpy(np.repeat(y_img, crops_per_image).astype(np.float32))
-            order = torch.from_numpy(rng.permutation(len(y)))
-            net.train()
-            loss_sum, n_batches = 0.0, 0
-            for i in range(0, len(order), batch_size):
-                sel = order[i:i + batch_size]
-                if sel.numel() < 2:  # BatchNorm needs two samples
-                    continue
-                loss = F.binary_cross_entropy_with_logits(net(x[sel]), y[sel])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                loss_sum += loss.item()
-                n_batches += 1
-            loss_sum /= max(n_batches, 1)
-        net.eval()
-        with torch.no_grad():
-            rows = (test_idx[:, None] * crops_per_image + np.arange(crops_per_image)).ravel()
-            logits = torch.cat([net(test_crops[rows[i:i + 512]]) for i in range(0, rows.size, 512)])
-        scores[test_idx] = logits.view(len(test_idx), crops_per_image).mean(1).double().numpy()
-        say(f"  patch CNN fold {f + 1}/{folds}: final train loss {loss_sum:.4f}")
+    per_repeat = np.full((repeats, len(images)), np.nan)
+    for r in range(repeats):
+        for f, (train_idx, test_idx) in enumerate(splits):
+            # repeat 0 keeps the seeds of the single-run test, so its scores are what they were
+            net_seed = seed * 1009 + f if r == 0 else int(np.random.default_rng([seed, 3, r, f]).integers(2**62))
+            rng = np.random.default_rng([seed, 2, f] if r == 0 else [seed, 2, f, r])
+            logits, loss = _fold_logits(images, labels, valid, train_idx, test_idx, test_crops, crop,
+                                        crops_per_image, epochs, batch_size, lr, net_seed, rng)
+            per_repeat[r, test_idx] = logits
+            say(f"  patch CNN repeat {r + 1}/{repeats} fold {f + 1}/{folds}: final train loss {loss:.4f}")
+    scores = per_repeat.mean(0)
     out = auc_with_interval(labels, scores, n_boot, ci, seed)
     out.update({"n_a": int(len(a)), "n_b": int(len(b)), "folds": int(folds), "crop": int(crop),
                 "crops_per_image": int(crops_per_image), "epochs": int(epochs), "region": region,
-                "threads": torch.get_num_threads(),
+                "threads": torch.get_num_threads(), "repeats": int(repeats),
+                "repeat_aucs": [round(float(roc_auc(labels, row)), 4) for row in per_repeat] if repeats > 1 else [],
                 "seconds": round(time.perf_counter() - t0, 3),
                 "scores_a": scores[: len(a)].tolist(), "scores_b": scores[len(a):].tolist()})
     return out
+
+
+def _fold_logits(images, labels, valid, train_idx, test_idx, test_crops, crop, crops_per_image, epochs, batch_size,
+                 lr, net_seed: int, rng: np.random.Generator) -> tuple[np.ndarray, float]:
+    """Train one :class:`PatchCNN` on the crops of ``train_idx`` and score each ``test_idx`` image by the mean
+    logit of its test crops; returns those scores and the last epoch's mean training loss."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(net_seed)
+        net = PatchCNN()
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    y_img = labels[train_idx]
+    loss_sum = 0.0
+    for epoch in range(epochs):
+        x = torch.from_numpy(_sample_crops(images, valid, train_idx, crops_per_image, crop, rng))[:, None]
+        y = torch.from_numpy(np.repeat(y_img, crops_per_image).astype(np.float32))
+        order = torch.from_numpy(rng.permutation(len(y)))
+        net.train()
+        loss_sum, n_batches = 0.0, 0
+        for i in range(0, len(order), batch_size):
+            sel = order[i:i + batch_size]
+            if sel.numel() < 2:  # BatchNorm needs two samples
+                continue
+            loss = F.binary_cross_entropy_with_logits(net(x[sel]), y[sel])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            loss_sum += loss.item()
+            n_batches += 1
+        loss_sum /= max(n_batches, 1)
+    net.eval()
+    with torch.no_grad():
+        rows = (test_idx[:, None] * crops_per_image + np.arange(crops_per_image)).ravel()
+        logits = torch.cat([net(test_crops[rows[i:i + 512]]) for i in range(0, rows.size, 512)])
+    return logits.view(len(test_idx), crops_per_image).mean(1).double().numpy(), loss_sum

@@ -245,7 +245,21 @@ def model_steps(results: dict) -> str:
 
 
 def fmt_auc(d: dict) -> str:
-    return f"{d['auc']:.2f} [{d['auc_lo']:.2f}, {d['auc_hi']:.2f}]"
+    """Point AUC [interval]; a patch-CNN result of several retrained CNNs adds the range of their own
+    AUCs (the test's training noise, which the bootstrap interval over images does not hold)."""
+    runs = d.get("repeat_aucs") or []
+    spread = f" (runs {min(runs):.2f}–{max(runs):.2f})" if runs else ""
+    return f"{d['auc']:.2f} [{d['auc_lo']:.2f}, {d['auc_hi']:.2f}]{spread}"
+
+
+def patch_cnn_note(config: dict) -> list[str]:
+    """The report sentence on how the patch-CNN column was made (``[suite] cnn_repeats``); none for one run."""
+    repeats = int(config.get("suite", {}).get("cnn_repeats", 1))
+    if repeats <= 1:
+        return []
+    return [f"Patch CNN: each image is scored by the mean of {repeats} CNNs trained per fold from other initial",
+            "weights and crops (one CNN's AUC moved by up to 0.2 with float rounding alone); \"runs\" gives each",
+            "one's own AUC."]
 
 
 def fmt_families(hand: dict) -> str:

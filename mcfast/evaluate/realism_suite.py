@@ -26,6 +26,7 @@ class SuiteSettings:
     crops_per_image: int = 32
     folds: int = 5
     cnn_epochs: int | None = None        # None: two_sample.patch_cnn_test's default
+    cnn_repeats: int = 1                 # CNNs trained per fold, their scores averaged (patch_cnn_test's repeats)
     memorization_threshold: float = 0.95
     memorization_highpass_sigma: float = 2.0
     memorization_max_shift: int = 4
@@ -91,7 +92,7 @@ def compare(candidates: np.ndarray, real: np.ndarray, training: np.ndarray, feat
     """
     common = dict(folds=settings.folds, seed=settings.seed, n_boot=settings.n_boot,
                   groups_a=groups_real, groups_b=groups_candidates)
-    cnn_kwargs = dict(crop=settings.crop, crops_per_image=settings.crops_per_image)
+    cnn_kwargs = dict(crop=settings.crop, crops_per_image=settings.crops_per_image, repeats=settings.cnn_repeats)
     if settings.cnn_epochs is not None:
         cnn_kwargs["epochs"] = settings.cnn_epochs
     out = {
