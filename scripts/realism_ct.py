@@ -22,29 +22,41 @@ from mcfast.evaluate.realism_sets import (anatomy_groups, anatomy_training_index
                                           save_results, scored_set, scoring_machine, sets_scored_at, start_report,
                                           two_sample_targets)
 from mcfast.evaluate.realism_suite import SuiteSettings, compare
+from mcfast.evaluate.tissue import NOISE_TISSUES
 
 REPO = Path(__file__).resolve().parent.parent
 TISSUES = ("lung", "fat", "soft_tissue", "bone")
+
+
+def fmt_noise(noise: dict | None) -> str:
+    """Lung / fat / soft-tissue pixel noise (HU); "–" for a set scored before it was measured."""
+    if not noise:
+        return "–"
+    return " / ".join(f"{noise['noise_hu'][t]:.1f}" for t in NOISE_TISSUES)
 
 
 def size_section(size: str, block: dict) -> list[str]:
     """The table, the real tissue ranges and the target checks of one image size (Markdown lines)."""
     lines = ["| set | patch-CNN AUC [95 %] | hand-feature AUC [95 %] | hand families: intensity / spectrum / "
              "gradient | Fréchet (AE) | spectrum mid / high (× real) | lung / fat / soft tissue / bone HU | "
-             "NCC > 0.95 | s / image |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "pixel noise lung / fat / soft tissue (HU) | NCC > 0.95 | s / image |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in [("floor (real train vs real val)", block["floor"])] + list(block["synthetic"].items()):
         hu = r.get("tissue_hu", {}).get("median_hu", {})
         hu_s = " / ".join(f"{hu.get(t, float('nan')):.0f}" for t in TISSUES)
         sp = r["spectrum_ratio"]
         lines.append(f"| {name} | {fmt_auc(r['patch_cnn'])} | {fmt_auc(r['hand_features'])} | "
                      f"{fmt_families(r['hand_features'])} | {r['frechet']:.3g} | {sp['mid']:.2f} / {sp['high']:.2f} | "
-                     f"{hu_s} | "
+                     f"{hu_s} | {fmt_noise(r.get('tissue_noise'))} | "
                      f"{fmt_memorization(r['memorization'])} | {r.get('seconds_per_image', '')} |")
     real_hu = block["real_tissue_hu"]
     lines += ["", f"Real validation tissue medians at {size}² (HU, all pixels; per-image range): " + ", ".join(
         f"{t} {real_hu['median_hu'][t]:.0f} ({real_hu['range'][t][0]:.0f} to {real_hu['range'][t][1]:.0f})"
-        for t in TISSUES), ""]
+        for t in TISSUES)]
+    if "real_tissue_noise" in block:
+        lines += [f"Real validation pixel noise at {size}² (HU, high-pass standard deviation per tissue, "
+                  f"`tissue_noise_hu`): {fmt_noise(block['real_tissue_noise'])} (lung / fat / soft tissue)"]
+    lines += [""]
     for name, checks in block.get("targets", {}).items():
         lines.append(f"- targets, {name}: " + "; ".join(f"{k} {'met' if v else '**not met**'}"
                                                        for k, v in checks.items()))
@@ -174,7 +186,7 @@ def main() -> None:
     results = {"config": cfg, "checkpoint": cfg["data"]["checkpoint"], **checkpoint_fields(ckpt_config),
                "machine": scoring_machine(), "n_train_slices": len(train512), "n_val_slices": len(val512),
                "n_val_patients": len(set(val_patients)), "sizes": {}}
-    from mcfast.evaluate.two_sample import tissue_hu_medians
+    from mcfast.evaluate.two_sample import tissue_hu_medians, tissue_noise_hu
     for size in cfg["synthesis"]["sizes"]:
         print(f"[{size}] real sets and feature network", flush=True)
         train, val = resize_area(train512, size), resize_area(val512, size)
@@ -182,7 +194,8 @@ def main() -> None:
         real_hu = tissue_hu_medians(val)
         real_hu["range"] = {t: [float(np.nanmin(v)), float(np.nanmax(v))]
                             for t, v in real_hu["per_image_median_hu"].items()}
-        block = {"floor": floor, "real_tissue_hu": real_hu, "synthetic": {}, "targets": {}}
+        block = {"floor": floor, "real_tissue_hu": real_hu, "real_tissue_noise": tissue_noise_hu(val),
+                 "synthetic": {}, "targets": {}}
         for name, spec, made_as, downsample_to in sets_scored_at(size, sets, cfg):
             print(f"[{size}] {name}", flush=True)
             folder, images, masks, anatomy = scored_set(made_as, spec, downsample_to, cfg, args.out, REPO)

@@ -185,6 +185,26 @@ def test_tissue_hu_medians_recover_known_regions():
     assert np.isnan(res_masked["median_hu"]["lung"])
 
 
+def test_tissue_noise_hu_measures_the_pixel_noise_of_each_tissue():
+    clean = _phantom_hu(384)  # a fat rim wide enough to keep 200 px after the erosion
+    rng = np.random.default_rng(0)
+    noise = rng.normal(size=clean.shape)
+    soft = (clean > -200) & (clean < 200)  # fat and muscle get noise, the lungs stay clean
+    results = {}
+    for std in (0.0, 10.0, 20.0):
+        hu = clean + np.where(soft, std * noise, 0.0)
+        results[std] = ts.tissue_noise_hu(hu_to_model(hu)[None].astype(np.float32))["noise_hu"]
+    for tissue in ("fat", "soft_tissue"):
+        assert results[0.0][tissue] < 0.5, results[0.0]
+        # white noise minus its sigma-1 blur keeps about 0.87 of its std
+        assert 0.75 * 10 < results[10.0][tissue] < 0.95 * 10, results[10.0]
+        assert results[20.0][tissue] == pytest.approx(2 * results[10.0][tissue], rel=0.05)
+    assert results[20.0]["lung"] < 0.5  # the lungs' own region does not see the muscle's noise
+    assert set(results[0.0]) == {"lung", "fat", "soft_tissue"}
+    empty = ts.tissue_noise_hu(hu_to_model(np.full((64, 64), -1000.0))[None].astype(np.float32))
+    assert all(np.isnan(v) for v in empty["noise_hu"].values())  # no body: NaN, not an error
+
+
 # --------------------------------------------------------------------------- (g) bad input
 @pytest.mark.parametrize("fn", [ts.patch_cnn_test, ts.hand_feature_test])
 def test_bad_input_raises_input_error(fn):

@@ -105,6 +105,7 @@ def compare(candidates: np.ndarray, real: np.ndarray, training: np.ndarray, feat
     }
     if modality == "ct":
         out["tissue_hu"] = two_sample.tissue_hu_medians(candidates)
+        out["tissue_noise"] = two_sample.tissue_noise_hu(candidates)
     elif modality == "mg":
         out["breast_intensity"] = two_sample.breast_intensity_distance(real, candidates)
     return out

@@ -16,6 +16,7 @@ deterministic and runs on the CPU.
   says *which kind* of difference exists and is hard to overfit.
 - :func:`spectrum_bands` / :func:`spectrum_band_ratios`: mean power per radial frequency band.
 - :func:`tissue_hu_medians`: median HU of lung, fat, soft tissue and bone inside the body (CT).
+- :func:`tissue_noise_hu`: pixel-scale texture (high-pass standard deviation, HU) per tissue (CT).
 - :func:`breast_intensity_distance`: distance between the breast-area intensity histograms (MG).
 
 Cross-validated out-of-fold scores of different folds' models are pooled into one AUC (as asked
@@ -36,12 +37,13 @@ from mcfast.evaluate.patch_cnn import _sample_crops, _valid_positions  # noqa: F
 from mcfast.evaluate.patch_cnn import PatchCNN, patch_cnn_test
 from mcfast.evaluate.spectrum import DEFAULT_BANDS, radial_power_spectrum, spectrum_band_ratios, spectrum_bands
 from mcfast.anatomy.masks import BODY_THRESHOLD_HU, body_mask
-from mcfast.evaluate.tissue import TISSUE_HU_RANGES, breast_intensities, breast_intensity_distance, tissue_hu_medians
+from mcfast.evaluate.tissue import (TISSUE_HU_RANGES, breast_intensities, breast_intensity_distance, tissue_hu_medians,
+                                    tissue_noise_hu)
 
 __all__ = [
     "grouped_folds", "PatchCNN", "patch_cnn_test",
     "intensity_histogram", "gradient_histogram", "hand_features", "hand_feature_test",
     "DEFAULT_BANDS", "radial_power_spectrum", "spectrum_bands", "spectrum_band_ratios",
     "TISSUE_HU_RANGES", "BODY_THRESHOLD_HU", "body_mask", "breast_intensities", "breast_intensity_distance",
-    "tissue_hu_medians",
+    "tissue_hu_medians", "tissue_noise_hu",
 ]
