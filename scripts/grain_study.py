@@ -13,15 +13,16 @@ respacing and the SDEdit start; ``anatomy.padding_band`` / ``factor`` / ``stop_s
 training images, one per patient / woman first (the validation split is never read): the hand-feature
 test (and each of its feature families alone) and the patch-CNN test, the radial power spectrum bands of the whole
 image and of crops inside the foreground (the breast; for CT the scan circle:
-mcfast.evaluate.spectrum.interior_band_ratios) and the gradient-magnitude histogram, beside a floor row
-(as many training images of other patients / women against the same reference images). The config's
-rule picks one entry. Writes docs/results/<[report] name>.{json,md}; the synthetic sets stay under
+mcfast.evaluate.spectrum.interior_band_ratios) and the gradient-magnitude histogram (CT with ``[scoring]
+tissue_noise``: also the pixel noise per tissue), beside a floor row (as many training images of other
+patients / women against the same reference images). The config's rule picks one entry. Writes docs/results/<[report] name>.{json,md}; the synthetic sets stay under
 --out. ``--generate-only K`` makes grid entry K's set and stops (two such processes fill both cores);
 a later full run reuses the sets and the seconds per image they recorded.
 """
 from __future__ import annotations
 
 import argparse
+import math
 import json
 import time
 import tomllib
@@ -40,7 +41,7 @@ from mcfast.evaluate.seams import seam_summary
 from mcfast.evaluate.realism_sets import (anatomy_groups, checkpoint_fields, floor_subset, fmt_auc, load_split,
                                           machine_line, model_steps, record_timing, scoring_machine, seconds_per_image)
 from mcfast.evaluate.spectrum import interior_band_ratios
-from mcfast.evaluate.tissue import edge_profile
+from mcfast.evaluate.tissue import NOISE_TISSUES, edge_profile, tissue_noise_hu
 from mcfast.evaluate.two_sample import DEFAULT_BANDS, spectrum_band_ratios
 from mcfast.io.mammo import frame_model_images
 from mcfast.synthesis.recipe import load_recipe
@@ -162,25 +163,46 @@ def lesion_scores(folder: Path, n: int, modality: str) -> dict:
     return out
 
 
+#: The tissues whose pixel noise the "tissue_noise" rule matches: in the lung the high-pass also holds
+#: vessels and septa, which the anatomy decides, not the scanner.
+NOISE_RULE_TISSUES = ("fat", "soft_tissue")
+
+
+def noise_scores(images: np.ndarray, reference: dict[str, float]) -> dict:
+    """A set's pixel noise per tissue (CT, :func:`tissue_noise_hu`, HU) and the larger |log ratio| of its fat
+    and muscle noise to the ``reference`` slices' (what the ``"tissue_noise"`` rule ranks)."""
+    noise = tissue_noise_hu(images)["noise_hu"]
+    ratio = max(abs(math.log(noise[t] / reference[t])) for t in NOISE_RULE_TISSUES)
+    return {"noise_hu": {t: round(v, 2) for t, v in noise.items()}, "noise_log_ratio": round(ratio, 4)}
+
+
 def eligible(row: dict, first: dict, synthesis: dict) -> bool:
-    """The config's conditions on an entry besides its AUCs: ``max_seam`` (its seam statistic at most this) and
-    ``min_contrast_fraction`` (its masses' median contrast at least this fraction of the first entry's)."""
+    """The config's conditions on an entry besides its AUCs: ``max_seam`` (its seam statistic at most this),
+    ``min_contrast_fraction`` (its masses' median contrast at least this fraction of the first entry's) and
+    ``max_auc_rise`` (the larger of its two AUCs at most this above the first entry's, both rounded to 0.01)."""
     if "max_seam" in synthesis and not row["seam"] <= synthesis["max_seam"]:
         return False
     if "min_contrast_fraction" in synthesis and not row["mass_contrast"] >= (
             synthesis["min_contrast_fraction"] * first["mass_contrast"]):
+        return False
+    if "max_auc_rise" in synthesis and not round(PICK_BY["worse_auc"](row), 2) <= (
+            round(PICK_BY["worse_auc"](first), 2) + synthesis["max_auc_rise"] + 1e-9):
         return False
     return True
 
 
 PICK_BY = {"hand_feature_auc": lambda r: r["hand_feature_auc"], "patch_cnn_auc": lambda r: r["patch_cnn_auc"],
            # Both tests have a target, so the worse of the two is what a pair must bring down.
-           "worse_auc": lambda r: max(r["hand_feature_auc"], r["patch_cnn_auc"])}
+           "worse_auc": lambda r: max(r["hand_feature_auc"], r["patch_cnn_auc"]),
+           # A physical property of the texture when both tests are saturated (AUC 1.00 everywhere, so they
+           # cannot rank): how far the fat and muscle pixel noise is from the reference slices' ([scoring]
+           # tissue_noise; the larger |log ratio| of the two).
+           "tissue_noise": lambda r: r["noise_log_ratio"]}
 
 
 def pick(rows: list[dict], synthesis: dict) -> dict:
-    """The config's rule (``pick_by``): the smallest ``"hand_feature_auc"``, ``"patch_cnn_auc"`` or
-    ``"worse_auc"`` (the larger of the two; rounded to 0.01); ties: the earlier grid entry."""
+    """The config's rule (``pick_by``): the smallest ``"hand_feature_auc"``, ``"patch_cnn_auc"``,
+    ``"worse_auc"`` (the larger of the two) or ``"tissue_noise"`` (rounded to 0.01); ties: the earlier grid entry."""
     by = synthesis.get("pick_by", "hand_feature_auc")
     if by not in PICK_BY:
         raise SystemExit(f"unknown pick_by {by!r}: one of {', '.join(PICK_BY)}")
@@ -220,6 +242,9 @@ def run(cfg: dict, out: Path) -> dict:
                          f"reference; the training split has {len(set(people))}: lower [scoring] n_reference")
     rows = [{"deterministic_below": None, "eps_scale": None, "set": f"floor: training {w['images']} of other {w['people']}",
              **score(real, groups, images[floor_idx], [people[k] for k in floor_idx], s), "s_per_image": None}]
+    reference_noise = tissue_noise_hu(real)["noise_hu"] if s.get("tissue_noise") else None
+    if reference_noise:
+        rows[0].update(noise_scores(images[floor_idx], reference_noise))
     grid, recipe = grid_entries(cfg), load_recipe(REPO / d["recipe"])
     # A setting the grid varies is stated in every row, the recipe's own value where an entry is silent,
     # so that a row still says what it measured after the recipe takes the pick.
@@ -237,12 +262,14 @@ def run(cfg: dict, out: Path) -> dict:
                                                       settings.get("start_step", recipe.sampler.start_step))
         lesions = lesion_scores(set_folder(out, entry), cfg["synthesis"]["n"], recipe.modality) \
             if s.get("lesion_scores") else {}
-        rows.append({**settings, **score(real, groups, synthetic, synthetic_groups, s), **lesions,
+        noise = noise_scores(synthetic, reference_noise) if reference_noise else {}
+        rows.append({**settings, **score(real, groups, synthetic, synthetic_groups, s), **lesions, **noise,
                      "s_per_image": None if np.isnan(per_image) else round(per_image, 1)})
         print(json.dumps(rows[-1]))
     config = read_config(REPO / d["checkpoint"])  # config.json only: the weights need not be read again
     return {"config": cfg, "checkpoint": d["checkpoint"], **checkpoint_fields(config), "machine": scoring_machine(),
             "n_reference": len(real), "n_reference_people": len(set(groups)), "rows": rows,
+            **({"reference_noise": {t: round(v, 2) for t, v in reference_noise.items()}} if reference_noise else {}),
             "pick": pick(rows[1:], cfg["synthesis"])}
 
 
@@ -253,6 +280,7 @@ def write_report(res: dict, path: Path) -> None:
     labels = {key: f"{key} (network calls)" for key in CALLS_KEYS}
     with_edge = any("edge_profile" in r for r in rows)
     with_seam, with_contrast = any("seam" in r for r in rows), any("mass_contrast" in r for r in rows)
+    with_noise = any("noise_hu" in r for r in rows)
     depth = cfg["scoring"].get("edge_depth")
     columns = (["deterministic_below", "eps_scale"] + [labels.get(key, key) for key in shown]
                + ["hand-feature AUC [95 %]", "hand families: " + " / ".join(FEATURE_GROUPS), "patch-CNN AUC [95 %]",
@@ -260,7 +288,8 @@ def write_report(res: dict, path: Path) -> None:
                   f"inside {w['foreground']} " + " / ".join(DEFAULT_BANDS) + " (× real)", "gradient histogram L1"]
                + ([f"mean intensity 1 ... {depth} px from the background"] if with_edge else [])
                + (["seam at the lesion boxes (control)"] if with_seam else [])
-               + (["mass contrast (median)"] if with_contrast else []) + ["s / image"])
+               + (["mass contrast (median)"] if with_contrast else [])
+               + (["pixel noise lung / fat / soft tissue (HU)"] if with_noise else []) + ["s / image"])
     lines = [f"# {cfg['report']['title']}", "",
              f"Generated by `python scripts/grain_study.py --config {res['config_path']}`; every number is in "
              f"`{cfg['report']['name']}.json` beside this file.",
@@ -268,6 +297,9 @@ def write_report(res: dict, path: Path) -> None:
              f"{cfg['synthesis']['n']} images per value (the same items){framed} against "
              f"{res['n_reference']} training {w['images']} of {res['n_reference_people']} {w['people']} (the validation "
              f"{w['people']} are never read). " + machine_line(res["machine"]), "",
+             *([f"Pixel noise (high-pass standard deviation per tissue, `tissue_noise_hu`) of the {res['n_reference']} "
+                f"reference {w['images']}: " + " / ".join(f"{res['reference_noise'][t]:.1f}" for t in NOISE_TISSUES)
+                + " HU (lung / fat / soft tissue).", ""] if "reference_noise" in res else []),
              "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for r in rows:
         if r["deterministic_below"] is None:
@@ -290,6 +322,8 @@ def write_report(res: dict, path: Path) -> None:
             cells.append(f"{r['seam']:.2f} ({r['seam_control']:.2f})" if "seam" in r else "–")
         if with_contrast:
             cells.append(f"{r['mass_contrast']:.3f}" if "mass_contrast" in r else "–")
+        if with_noise:
+            cells.append(" / ".join(f"{r['noise_hu'][t]:.1f}" for t in NOISE_TISSUES) if "noise_hu" in r else "–")
         cells.append(str(r["s_per_image"] or ""))
         lines.append("| " + " | ".join(cells) + " |")
     picked = ", ".join(f"{k} = {v:.2f}" if k == "eps_scale" else f"{k} = {v}" for k, v in res["pick"].items())

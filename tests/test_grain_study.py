@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import tomllib
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from mcfast.synthesis.recipe import load_recipe
@@ -132,6 +134,13 @@ def test_the_phantom_ct_recipes_carry_the_phantom_body_pick():
             study["pick"]["phantom_wall"], study["pick"]["phantom_blood_hu"])
 
 
+def test_the_phantom_ct_recipes_carry_the_phantom_start_pick():
+    study, config, rows = _study("phantom_start_ct")
+    assert [r["start_step"] for r in rows] == [entry["start_step"] for entry in config["synthesis"]["grid"]]
+    for recipe in (REPO / "configs" / "lung_ct_phantom512.toml", REPO / "mcfast" / "configs" / "demo_ct_real.toml"):
+        assert load_recipe(recipe).sampler.start_step == study["pick"]["start_step"], recipe
+
+
 def test_the_phantom_ct_study_pick_is_withheld_with_its_reason():
     study, config, rows = _study("grain_ct_phantom")
     assert [[r["deterministic_below"], r["eps_scale"]] for r in rows] == config["synthesis"]["grid"]
@@ -236,6 +245,49 @@ def test_pick_respects_the_seam_and_contrast_conditions():
     assert pick(rows, {"pick_by": "worse_auc"})["sigma_scale"] == 0.3
     assert pick(rows, rule)["sigma_scale"] == 0.4  # 0.3 keeps 0.03 / 0.07 of the masses' contrast: too faint
     assert pick(rows, {**rule, "max_seam": 1.1})["sigma_scale"] == 0.5  # no entry qualifies: the recipe stays
+
+
+def test_tissue_noise_rule_ranks_by_the_fat_and_muscle_noise_within_an_auc_rise():
+    """When both tests are saturated the "tissue_noise" rule ranks entries by how far their fat and muscle
+    pixel noise is from the reference's (the larger |log ratio|); max_auc_rise keeps out an entry whose
+    worse AUC rose more than that above the recipe's."""
+    study = _grain_study()
+    reference = {"lung": 20.0, "fat": 10.0, "soft_tissue": 10.0}
+
+    def row(below, hand, cnn, fat, soft):
+        # what noise_scores computes from a set's images, here from given noise levels
+        ratio = max(abs(math.log(fat / reference["fat"])), abs(math.log(soft / reference["soft_tissue"])))
+        return {"deterministic_below": below, "eps_scale": 1.0, "hand_feature_auc": hand, "patch_cnn_auc": cnn,
+                "noise_log_ratio": ratio}
+
+    rows = [row(250, 1.0, 0.80, 5.0, 5.0), row(150, 1.0, 0.85, 7.0, 12.0), row(0, 1.0, 0.90, 9.0, 11.0)]
+    assert study.pick(rows, {"pick_by": "worse_auc"})["deterministic_below"] == 250  # saturated: the tie keeps it
+    assert study.pick(rows, {"pick_by": "tissue_noise"})["deterministic_below"] == 0
+    rows[2]["patch_cnn_auc"] = 0.70  # the AUC guard only matters when the hand test is below 1
+    for r in rows:
+        r["hand_feature_auc"] = 0.75
+    rows[2]["hand_feature_auc"] = 0.95  # 0.15 above the recipe entry's worse AUC (0.80)
+    assert study.pick(rows, {"pick_by": "tissue_noise", "max_auc_rise": 0.10})["deterministic_below"] == 150
+    assert study.pick(rows, {"pick_by": "tissue_noise", "max_auc_rise": 0.15})["deterministic_below"] == 0
+
+
+def test_noise_scores_measure_a_set_against_the_reference_noise():
+    from mcfast.io.windows import hu_to_model
+
+    study = _grain_study()
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:256, :256] / 256 - 0.5
+    hu = np.full((256, 256), -1000.0)
+    hu[(xx / 0.45) ** 2 + (yy / 0.35) ** 2 < 1] = -100.0
+    hu[(xx / 0.30) ** 2 + (yy / 0.22) ** 2 < 1] = 40.0
+    hu[((np.abs(xx) - 0.12) / 0.08) ** 2 + (yy / 0.12) ** 2 < 1] = -800.0
+    body = hu > -500
+    images = np.stack([hu_to_model(hu + np.where(body, std * rng.normal(size=hu.shape), 0.0)) for std in (10, 10)])
+    reference = study.tissue_noise_hu(images.astype(np.float32))["noise_hu"]
+    half = study.noise_scores(np.stack([hu_to_model(hu + np.where(body, 5 * rng.normal(size=hu.shape), 0.0))])
+                              .astype(np.float32), reference)
+    assert set(half["noise_hu"]) == {"lung", "fat", "soft_tissue"}
+    assert half["noise_log_ratio"] == pytest.approx(np.log(2), abs=0.1)
 
 
 def test_the_film_recipe_carries_the_seam_study_pick():
