@@ -73,7 +73,7 @@ def test_worse_auc_rule_brings_down_the_larger_of_the_two_tests():
 
 @pytest.mark.parametrize("study_name, recipes", [
     ("grain_mg", MG_RECIPES),
-    ("grain_ct", ("lung_ct_real512.toml", "lung_ct_phantom512.toml")),  # the phantom: grain_ct_phantom withheld
+    ("grain_ct", ("lung_ct_real512.toml",)),  # the phantom recipe's tail: phantom_noise_ct
 ])
 def test_the_recipes_carry_the_study_pick(study_name, recipes):
     study, config, rows = _study(study_name)
@@ -145,10 +145,18 @@ def test_the_phantom_ct_study_pick_is_withheld_with_its_reason():
     study, config, rows = _study("grain_ct_phantom")
     assert [[r["deterministic_below"], r["eps_scale"]] for r in rows] == config["synthesis"]["grid"]
     assert config["synthesis"]["apply"] is False and config["synthesis"]["not_applied_because"]
-    sampler = load_recipe(REPO / "configs" / "lung_ct_phantom512.toml").sampler
-    grain_ct = json.loads((REPO / "docs" / "results" / "grain_ct.json").read_text())["pick"]
-    assert (sampler.deterministic_below, sampler.eps_scale) == (grain_ct["deterministic_below"], grain_ct["eps_scale"])
     assert "Not applied" in (REPO / "docs" / "results" / "grain_ct_phantom.md").read_text()
+
+
+def test_the_phantom_ct_recipes_carry_the_phantom_noise_pick():
+    """The phantom recipes' sampler tail follows phantom_noise_ct (fat and muscle pixel noise), not grain_ct."""
+    study, config, rows = _study("phantom_noise_ct")
+    assert [[r["deterministic_below"], r["eps_scale"]] for r in rows] == config["synthesis"]["grid"]
+    assert config["synthesis"]["pick_by"] == "tissue_noise" and "noise_hu" in rows[0]
+    for recipe in (REPO / "configs" / "lung_ct_phantom512.toml", REPO / "mcfast" / "configs" / "demo_ct_real.toml"):
+        sampler = load_recipe(recipe).sampler
+        assert (sampler.deterministic_below, sampler.eps_scale) == (
+            study["pick"]["deterministic_below"], study["pick"]["eps_scale"]), recipe
 
 
 def test_the_ct_recipe_carries_the_outside_study_pick():
@@ -228,8 +236,9 @@ def test_grid_tables_take_phantom_settings():
                                   {"phantom_wall": "muscles", "phantom_blood_hu": [40, 250]}]}}
     entries = study.grid_entries(cfg)
     assert entries[1]["phantom_wall"] == "muscles" and entries[1]["phantom_blood_hu"] == [40, 250]
+    below = load_recipe(REPO / "configs" / "lung_ct_phantom512.toml").sampler.deterministic_below  # the recipe's
     assert [study.set_folder(Path("x"), e).name for e in entries] == [
-        "below_250_eps_1.00_wall_ring_blood_40_40", "below_250_eps_1.00_wall_muscles_blood_40_250"]
+        f"below_{below}_eps_1.00_wall_ring_blood_40_40", f"below_{below}_eps_1.00_wall_muscles_blood_40_250"]
 
 
 def test_pick_respects_the_seam_and_contrast_conditions():
