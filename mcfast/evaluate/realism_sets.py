@@ -258,7 +258,7 @@ def patch_cnn_note(config: dict) -> list[str]:
     if repeats <= 1:
         return []
     return [f"Patch CNN: each image is scored by the mean of {repeats} CNNs trained per fold from other initial",
-            "weights and crops (one CNN's AUC moved by up to 0.2 with float rounding alone); \"runs\" gives each",
+            "weights and crops (one CNN's AUC moved by 0.2 between two CPUs on the same images); \"runs\" gives each",
             "one's own AUC."]
 
 
