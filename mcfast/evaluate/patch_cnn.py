@@ -172,14 +172,6 @@ def patch_cnn_test(a, b, *, crop: int = 48, crops_per_image: int = 32, folds: in
         raise InputError(f"region {region!r} must be one of {', '.join(REGIONS)}")
     if threads is not None and (not isinstance(threads, (int, np.integer)) or threads < 1):
         raise InputError(f"threads must be an integer >= 1 or None, got {threads!r}")
-    with _torch_threads(threads):
-        return _patch_cnn_folds(a, b, crop, crops_per_image, folds, epochs, batch_size, lr, min_std, seed, n_boot,
-                                ci, groups_a, groups_b, region, background, repeats, progress)
-
-
-def _patch_cnn_folds(a, b, crop, crops_per_image, folds, epochs, batch_size, lr, min_std, seed, n_boot, ci,
-                     groups_a, groups_b, region, background, repeats, progress) -> dict:
-    """:func:`patch_cnn_test` after its checks, on the thread count it set."""
     say = progress or (lambda msg: None)
     t0 = time.perf_counter()
     images = np.concatenate([a, b])
@@ -190,20 +182,21 @@ def _patch_cnn_folds(a, b, crop, crops_per_image, folds, epochs, batch_size, lr,
     test_crops = torch.from_numpy(_sample_crops(images, valid, np.arange(len(images)), crops_per_image, crop,
                                                 test_rng))[:, None]
     per_repeat = np.full((repeats, len(images)), np.nan)
-    for r in range(repeats):
-        for f, (train_idx, test_idx) in enumerate(splits):
-            # repeat 0 keeps the seeds of the single-run test, so its scores are what they were
-            net_seed = seed * 1009 + f if r == 0 else int(np.random.default_rng([seed, 3, r, f]).integers(2**62))
-            rng = np.random.default_rng([seed, 2, f] if r == 0 else [seed, 2, f, r])
-            logits, loss = _fold_logits(images, labels, valid, train_idx, test_idx, test_crops, crop,
-                                        crops_per_image, epochs, batch_size, lr, net_seed, rng)
-            per_repeat[r, test_idx] = logits
-            say(f"  patch CNN repeat {r + 1}/{repeats} fold {f + 1}/{folds}: final train loss {loss:.4f}")
+    with _torch_threads(threads):  # only the CNNs' training and scoring depend on it
+        for r in range(repeats):
+            for f, (train_idx, test_idx) in enumerate(splits):
+                # repeat 0 keeps the seeds of the single-run test, so its scores are what they were
+                net_seed = seed * 1009 + f if r == 0 else int(np.random.default_rng([seed, 3, r, f]).integers(2**62))
+                rng = np.random.default_rng([seed, 2, f] if r == 0 else [seed, 2, f, r])
+                logits, loss = _fold_logits(images, labels, valid, train_idx, test_idx, test_crops, crop,
+                                            crops_per_image, epochs, batch_size, lr, net_seed, rng)
+                per_repeat[r, test_idx] = logits
+                say(f"  patch CNN repeat {r + 1}/{repeats} fold {f + 1}/{folds}: final train loss {loss:.4f}")
     scores = per_repeat.mean(0)
     out = auc_with_interval(labels, scores, n_boot, ci, seed)
     out.update({"n_a": int(len(a)), "n_b": int(len(b)), "folds": int(folds), "crop": int(crop),
                 "crops_per_image": int(crops_per_image), "epochs": int(epochs), "region": region,
-                "threads": torch.get_num_threads(), "repeats": int(repeats),
+                "threads": int(threads) if threads is not None else torch.get_num_threads(), "repeats": int(repeats),
                 "repeat_aucs": [round(float(roc_auc(labels, row)), 4) for row in per_repeat] if repeats > 1 else [],
                 "seconds": round(time.perf_counter() - t0, 3),
                 "scores_a": scores[: len(a)].tolist(), "scores_b": scores[len(a):].tolist()})
