@@ -15,15 +15,16 @@ test (and each of its feature families alone) and the patch-CNN test, the radial
 image and of crops inside the foreground (the breast; for CT the scan circle:
 mcfast.evaluate.spectrum.interior_band_ratios) and the gradient-magnitude histogram (CT with ``[scoring]
 tissue_noise``: also the pixel noise per tissue), beside a floor row (as many training images of other
-patients / women against the same reference images). The config's rule picks one entry. Writes docs/results/<[report] name>.{json,md}; the synthetic sets stay under
---out. ``--generate-only K`` makes grid entry K's set and stops (two such processes fill both cores);
-a later full run reuses the sets and the seconds per image they recorded.
+patients / women against the same reference images). The config's rule picks one entry. Writes
+docs/results/<[report] name>.{json,md}; the synthetic sets stay under --out. ``--generate-only K`` makes
+grid entry K's set and stops (two such processes fill both cores); a later full run reuses the sets and
+the seconds per image they recorded.
 """
 from __future__ import annotations
 
 import argparse
-import math
 import json
+import math
 import time
 import tomllib
 from dataclasses import asdict
@@ -38,10 +39,11 @@ from mcfast.evaluate.hand_features import FEATURE_GROUPS, gradient_histogram, ha
 from mcfast.evaluate.patch_cnn import patch_cnn_test
 from mcfast.evaluate.lesion_contrast import mass_contrasts
 from mcfast.evaluate.seams import seam_summary
-from mcfast.evaluate.realism_sets import (anatomy_groups, checkpoint_fields, floor_subset, fmt_auc, load_split,
-                                          machine_line, model_steps, record_timing, scoring_machine, seconds_per_image)
+from mcfast.evaluate.realism_sets import (anatomy_groups, checkpoint_fields, floor_subset, fmt_auc, fmt_noise,
+                                          load_split, machine_line, model_steps, record_timing, scoring_machine,
+                                          seconds_per_image)
 from mcfast.evaluate.spectrum import interior_band_ratios
-from mcfast.evaluate.tissue import NOISE_TISSUES, edge_profile, tissue_noise_hu
+from mcfast.evaluate.tissue import edge_profile, tissue_noise_hu
 from mcfast.evaluate.two_sample import DEFAULT_BANDS, spectrum_band_ratios
 from mcfast.io.mammo import frame_model_images
 from mcfast.synthesis.recipe import load_recipe
@@ -186,7 +188,7 @@ def eligible(row: dict, first: dict, synthesis: dict) -> bool:
             synthesis["min_contrast_fraction"] * first["mass_contrast"]):
         return False
     if "max_auc_rise" in synthesis and not round(PICK_BY["worse_auc"](row), 2) <= (
-            round(PICK_BY["worse_auc"](first), 2) + synthesis["max_auc_rise"] + 1e-9):
+            round(PICK_BY["worse_auc"](first), 2) + synthesis["max_auc_rise"] + 1e-9):  # 1e-9: float sums
         return False
     return True
 
@@ -298,8 +300,8 @@ def write_report(res: dict, path: Path) -> None:
              f"{res['n_reference']} training {w['images']} of {res['n_reference_people']} {w['people']} (the validation "
              f"{w['people']} are never read). " + machine_line(res["machine"]), "",
              *([f"Pixel noise (high-pass standard deviation per tissue, `tissue_noise_hu`) of the {res['n_reference']} "
-                f"reference {w['images']}: " + " / ".join(f"{res['reference_noise'][t]:.1f}" for t in NOISE_TISSUES)
-                + " HU (lung / fat / soft tissue).", ""] if "reference_noise" in res else []),
+                f"reference {w['images']}: {fmt_noise(res['reference_noise'])} HU (lung / fat / soft tissue).", ""]
+               if "reference_noise" in res else []),
              "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for r in rows:
         if r["deterministic_below"] is None:
@@ -323,7 +325,7 @@ def write_report(res: dict, path: Path) -> None:
         if with_contrast:
             cells.append(f"{r['mass_contrast']:.3f}" if "mass_contrast" in r else "–")
         if with_noise:
-            cells.append(" / ".join(f"{r['noise_hu'][t]:.1f}" for t in NOISE_TISSUES) if "noise_hu" in r else "–")
+            cells.append(fmt_noise(r.get("noise_hu")))
         cells.append(str(r["s_per_image"] or ""))
         lines.append("| " + " | ".join(cells) + " |")
     picked = ", ".join(f"{k} = {v:.2f}" if k == "eps_scale" else f"{k} = {v}" for k, v in res["pick"].items())

@@ -16,23 +16,15 @@ import numpy as np
 
 from mcfast.errors import InputError
 from mcfast.evaluate.realism_sets import (anatomy_groups, anatomy_training_index, checkpoint_fields,
-                                          feature_net_and_floor, fmt_auc, fmt_families, fmt_memorization, load_split,
-                                          load_synthetic, machine_line, MEMORIZATION_NOTE, model_steps,
+                                          feature_net_and_floor, fmt_auc, fmt_families, fmt_memorization, fmt_noise,
+                                          load_split, load_synthetic, machine_line, MEMORIZATION_NOTE, model_steps,
                                           patch_cnn_note, record_set, replace_block, report_arguments, resize_area,
                                           save_results, scored_set, scoring_machine, sets_scored_at, start_report,
                                           two_sample_targets)
 from mcfast.evaluate.realism_suite import SuiteSettings, compare
-from mcfast.evaluate.tissue import NOISE_TISSUES
 
 REPO = Path(__file__).resolve().parent.parent
 TISSUES = ("lung", "fat", "soft_tissue", "bone")
-
-
-def fmt_noise(noise: dict | None) -> str:
-    """Lung / fat / soft-tissue pixel noise (HU); "–" for a set scored before it was measured."""
-    if not noise:
-        return "–"
-    return " / ".join(f"{noise['noise_hu'][t]:.1f}" for t in NOISE_TISSUES)
 
 
 def size_section(size: str, block: dict) -> list[str]:
@@ -47,7 +39,7 @@ def size_section(size: str, block: dict) -> list[str]:
         sp = r["spectrum_ratio"]
         lines.append(f"| {name} | {fmt_auc(r['patch_cnn'])} | {fmt_auc(r['hand_features'])} | "
                      f"{fmt_families(r['hand_features'])} | {r['frechet']:.3g} | {sp['mid']:.2f} / {sp['high']:.2f} | "
-                     f"{hu_s} | {fmt_noise(r.get('tissue_noise'))} | "
+                     f"{hu_s} | {fmt_noise(r.get('tissue_noise', {}).get('noise_hu'))} | "
                      f"{fmt_memorization(r['memorization'])} | {r.get('seconds_per_image', '')} |")
     real_hu = block["real_tissue_hu"]
     lines += ["", f"Real validation tissue medians at {size}² (HU, all pixels; per-image range): " + ", ".join(
@@ -55,7 +47,7 @@ def size_section(size: str, block: dict) -> list[str]:
         for t in TISSUES)]
     if "real_tissue_noise" in block:
         lines += [f"Real validation pixel noise at {size}² (HU, high-pass standard deviation per tissue, "
-                  f"`tissue_noise_hu`): {fmt_noise(block['real_tissue_noise'])} (lung / fat / soft tissue)"]
+                  f"`tissue_noise_hu`): {fmt_noise(block['real_tissue_noise']['noise_hu'])} (lung / fat / soft tissue)"]
     lines += [""]
     for name, checks in block.get("targets", {}).items():
         lines.append(f"- targets, {name}: " + "; ".join(f"{k} {'met' if v else '**not met**'}"

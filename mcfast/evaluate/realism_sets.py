@@ -23,6 +23,7 @@ from mcfast.errors import InputError
 from mcfast.evaluate.machine import machine_info
 from mcfast.evaluate.patch_cnn import DEFAULT_THREADS as PATCH_CNN_THREADS
 from mcfast.evaluate.realism_suite import memorization_rate
+from mcfast.evaluate.tissue import NOISE_TISSUES
 from mcfast.io.datasets import read_manifest
 from mcfast.io.images import read_npy
 from mcfast.synthesis.recipe import load_recipe, validate
@@ -250,6 +251,14 @@ def fmt_auc(d: dict) -> str:
     runs = d.get("repeat_aucs") or []
     spread = f" (runs {min(runs):.2f}–{max(runs):.2f})" if runs else ""
     return f"{d['auc']:.2f} [{d['auc_lo']:.2f}, {d['auc_hi']:.2f}]{spread}"
+
+
+def fmt_noise(noise_hu: dict | None) -> str:
+    """Lung / fat / soft-tissue pixel noise (HU, :func:`mcfast.evaluate.tissue.tissue_noise_hu`'s ``noise_hu``);
+    "–" for a set scored before it was measured."""
+    if not noise_hu:
+        return "–"
+    return " / ".join(f"{noise_hu[t]:.1f}" for t in NOISE_TISSUES)
 
 
 def patch_cnn_note(config: dict) -> list[str]:

@@ -143,7 +143,7 @@ def tissue_noise_hu(images_model_space, highpass_sigma: float = 1.0, region_sigm
             region = ndi.binary_erosion(body & (smooth >= lo) & (smooth <= hi), iterations=erode)
             per_image[t].append(float(residual[region].std()) if region.sum() >= 200 else math.nan)
     noise = {t: float(np.nanmedian(v)) if np.isfinite(v).any() else math.nan
-             for t, v in ((t, np.asarray(per_image[t])) for t in NOISE_TISSUES)}
+             for t, v in ((t, np.asarray(values)) for t, values in per_image.items())}
     return {"noise_hu": noise, "per_image_noise_hu": per_image, "n_images": int(len(x))}
 
 
