@@ -7,7 +7,7 @@
 The recipe at each entry of the config's grid (``sampler.deterministic_below``: steps below that
 timestep are DDIM η = 0 steps, no fresh noise where the network cannot remove it again;
 ``sampler.eps_scale``: ε divided by it, more fine texture; ``sampler.steps`` / ``start_step``: the
-respacing and the SDEdit start; ``anatomy.padding_band`` / ``factor`` / ``stop_step`` /
+respacing and the SDEdit start; ``anatomy.padding_band`` / ``factor`` / ``stop_step`` / ``filter`` /
 ``outside_factor`` / ``outside_stop_step``; a CT phantom's ``phantom_wall`` / ``phantom_blood_hu``), the same items
 (recipe seed, indices 0..n-1) for every entry; each set (mammograms framed like the films) compared with
 training images, one per patient / woman first (the validation split is never read): the hand-feature
@@ -54,11 +54,11 @@ REPO = Path(__file__).resolve().parent.parent
 
 #: The settings a grid entry may set, and the recipe section each belongs to.
 GRID_KEYS = {"deterministic_below": "sampler", "eps_scale": "sampler", "padding_band": "anatomy", "steps": "sampler",
-             "start_step": "sampler", "factor": "anatomy", "stop_step": "anatomy", "outside_factor": "anatomy",
+             "start_step": "sampler", "factor": "anatomy", "stop_step": "anatomy", "filter": "anatomy", "outside_factor": "anatomy",
              "outside_stop_step": "anatomy", "phantom_wall": "anatomy", "phantom_blood_hu": "anatomy",
              "sigma_scale": "pathology"}
 #: How a grid entry's value is read, where it is not an integer.
-GRID_TYPES = {"steps": str, "phantom_wall": str, "phantom_blood_hu": lambda v: [int(x) for x in v], "sigma_scale": float}
+GRID_TYPES = {"steps": str, "filter": str, "phantom_wall": str, "phantom_blood_hu": lambda v: [int(x) for x in v], "sigma_scale": float}
 #: Beside deterministic_below and eps_scale (always shown), in this order; None: the recipe's own.
 OPTIONAL_KEYS = tuple(key for key in GRID_KEYS if key not in ("deterministic_below", "eps_scale"))
 #: Settings that change how many network calls an image takes (the report shows the count beside them).

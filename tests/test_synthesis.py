@@ -78,6 +78,25 @@ def test_plan_is_deterministic_and_lesions_lie_in_tissue(modality):
         assert weight[outside].max() == 0 and weight.max() > 0.9
 
 
+def test_anatomy_guiding_to_the_last_step_carries_the_lesions():
+    """An anatomy condition that still acts at t = 0 guides to the anatomy with the lesions pasted (else it
+    would pull each lesion back to the lesion-free anatomy to the end); one that stops earlier keeps the
+    lesion-free reference, so recipes with stop_step > 0 plan exactly as before."""
+    from mcfast.synthesis.plan import to_model
+
+    r = _recipe("ct")
+    assert r.anatomy.stop_step > 0
+    early = plan_item(r, 3)
+    assert early.lesions and np.array_equal(early.conditions[0].ref.numpy().reshape(64, 64),
+                                            to_model("ct", early.anatomy.values))
+    r.anatomy.stop_step = 0
+    late = plan_item(r, 3)
+    ref = late.conditions[0].ref.numpy().reshape(64, 64)
+    assert np.array_equal(ref, late.pathology_reference)
+    assert not np.array_equal(ref, to_model("ct", late.anatomy.values))
+    assert [c.ref.numpy().tobytes() for c in late.conditions[1:]] == [c.ref.numpy().tobytes() for c in early.conditions[1:]]
+
+
 def test_pipeline_writes_consistent_outputs_and_resumes(tmp_path, ct_run):
     from mcfast.synthesis.pipeline import synthesize
 

@@ -92,6 +92,8 @@ def plan_item(recipe: Recipe, index: int, anatomy: Anatomy | None = None) -> Ite
                                                   spec.sigma_scale, None, spec.filter, name=f"{spec.category}{j}"))
             lesions.append(lesion)
             free &= ~ndimage.binary_dilation(lesion.mask.astype(bool), iterations=2)
+    if lesions and a.stop_step == 0:
+        conditions[0] = carry_lesions(conditions[0], composite)
     if outside is not None:  # after the lesions, so their guidance noise streams stay as they were without it
         conditions.append(Condition(anatomy_model, a.outside_factor, a.outside_stop_step, outside, a.filter,
                                     name="outside_body"))
@@ -102,6 +104,21 @@ def plan_item(recipe: Recipe, index: int, anatomy: Anatomy | None = None) -> Ite
             conditions = [yield_to_held(c, held) for c in conditions]
             conditions.append(padding)  # last, so the other conditions' guidance noise streams stay as they were
     return ItemPlan(index, seed, anatomy, lesions, conditions, composite)
+
+
+def carry_lesions(anatomy: Condition, composite: np.ndarray) -> Condition:
+    """The anatomy condition with ``composite`` (the anatomy with every lesion patch pasted) as its reference.
+
+    Why: the corrections of one step are summed from the same x. An anatomy condition that still acts at
+    the last step (stop step 0) would pull the low-pass of every lesion back to the lesion-free anatomy to
+    the end while the lesion's condition pulls it to the lesion, so the two would meet halfway and the
+    nodule would lose contrast (with the box filter it also came out blocky, the anatomy's N x N means
+    showing through). Guided to the composite, the two agree; a condition that stops earlier (t >= 100 in
+    the recipes that had one) leaves the last steps to the lesion alone and keeps the lesion-free anatomy,
+    so those recipes' images are unchanged.
+    """
+    return Condition(composite, anatomy.factor, anatomy.stop_step, anatomy.weight, anatomy.filter, anatomy.name,
+                     anatomy.patch)
 
 
 def yield_to_held(condition: Condition, held: np.ndarray) -> Condition:
