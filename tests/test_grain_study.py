@@ -159,6 +159,20 @@ def test_the_phantom_ct_recipes_carry_the_phantom_noise_pick():
             study["pick"]["deterministic_below"], study["pick"]["eps_scale"]), recipe
 
 
+def test_the_real_slice_ct_recipe_carries_the_real_guidance_pick():
+    """The anatomy's factor, stop step and filter and the tail's fresh noise are the study's pick (every row
+    states the settings it ran with, the recipe's own where its grid entry is silent)."""
+    study, config, rows = _study("real_guidance_ct")
+    recipe = load_recipe(REPO / "configs" / "lung_ct_real512.toml")
+    a = recipe.anatomy
+    keys = ("factor", "stop_step", "filter", "deterministic_below")
+    own = {"factor": a.factor, "stop_step": a.stop_step, "filter": a.filter,
+           "deterministic_below": recipe.sampler.deterministic_below}
+    assert [tuple(r[k] for k in keys) for r in rows] == [
+        tuple(entry.get(k, own[k]) for k in keys) for entry in config["synthesis"]["grid"]]
+    assert tuple(own[k] for k in keys) == tuple(study["pick"][k] for k in keys)
+
+
 def test_the_ct_recipe_carries_the_outside_study_pick():
     study, config, rows = _study("outside_ct")
     assert [(r["outside_factor"], r["outside_stop_step"]) for r in rows] == [
@@ -191,7 +205,7 @@ def test_grid_tables_take_the_recipes_own_settings_where_they_are_silent(tmp_pat
     entries = study.grid_entries(cfg)
     assert entries[0] == {"deterministic_below": recipe.deterministic_below, "eps_scale": recipe.eps_scale,
                           "padding_band": None, "steps": None, "start_step": None, "factor": None, "stop_step": None,
-                          "outside_factor": None, "outside_stop_step": None, "phantom_wall": None,
+                          "filter": None, "outside_factor": None, "outside_stop_step": None, "phantom_wall": None,
                           "phantom_blood_hu": None, "sigma_scale": None}
     assert entries[1]["steps"] == "50+tail9" and entries[2]["eps_scale"] == 1.02
     assert entries[3]["deterministic_below"] == 0 and entries[3]["padding_band"] == 3
