@@ -159,11 +159,13 @@ def test_the_phantom_ct_recipes_carry_the_phantom_noise_pick():
             study["pick"]["deterministic_below"], study["pick"]["eps_scale"]), recipe
 
 
-def test_the_real_slice_ct_recipe_carries_the_real_guidance_pick():
+@pytest.mark.parametrize("study_name, recipe_name", [("real_guidance_ct", "lung_ct_real512.toml"),
+                                                     ("real_guidance_mg", "mammo_mias512.toml")])
+def test_the_real_anatomy_recipes_carry_the_real_guidance_pick(study_name, recipe_name):
     """The anatomy's factor, stop step and filter and the tail's fresh noise are the study's pick (every row
     states the settings it ran with, the recipe's own where its grid entry is silent)."""
-    study, config, rows = _study("real_guidance_ct")
-    recipe = load_recipe(REPO / "configs" / "lung_ct_real512.toml")
+    study, config, rows = _study(study_name)
+    recipe = load_recipe(REPO / "configs" / recipe_name)
     a = recipe.anatomy
     keys = ("factor", "stop_step", "filter", "deterministic_below")
     own = {"factor": a.factor, "stop_step": a.stop_step, "filter": a.filter,
