@@ -171,11 +171,35 @@ def test_matching_region_is_the_tissue_under_the_patch():
 @pytest.mark.parametrize("data, message", [
     ({"recipe": {"modality": "mg"}, "pathology": [{"match_region": "window"}]}, "pathology[0].match_region"),
     ({"recipe": {"modality": "ct"}, "pathology": [{"match_region": "local"}]}, "applies to modality 'mg' only"),
+    ({"recipe": {"modality": "mg"}, "pathology": [{"match_low": "q05"}]}, "pathology[0].match_low"),
+    ({"recipe": {"modality": "ct"}, "pathology": [{"match_low": "mirror"}]}, "match_low = 'mirror' applies to"),
 ])
 def test_recipe_checks_match_region(data, message):
     with pytest.raises(InputError, match=message.replace("[", r"\[").replace("]", r"\]")):
         recipe_from_dict(data, "r.toml")
-    assert recipe_from_dict({"recipe": {"modality": "mg"}, "pathology": [{}]}).pathology[0].match_region == "breast"
+    default = recipe_from_dict({"recipe": {"modality": "mg"}, "pathology": [{}]}).pathology[0]
+    assert (default.match_region, default.match_low) == ("breast", "min")
+
+
+def test_mirror_matching_takes_the_low_end_from_the_quantile_of_the_region():
+    """A placed mass records its low end; with "mirror" it is the region's quantile 1 - q, above the few dark
+    pixels that set the minimum."""
+    anatomy = _halves_anatomy()
+    anatomy.values[4::16, 36::16] = 0.0  # a few dark pixels in the bright half (at most 2 under a 20 px square)
+    free = np.zeros_like(anatomy.tissue)
+    free[:, 40:] = True
+    for low in ("min", "mirror"):
+        recipe = recipe_from_dict({"recipe": {"modality": "mg", "image_size": 64},
+                                   "pathology": [{"size": [20, 20], "min_overlap": 1.0, "match_region": "local",
+                                                  "match_low": low}]}, "test")
+        lesion, _, _ = _place_one(recipe, recipe.pathology[0], anatomy, free, np.random.default_rng(1), 20, "t")
+        x, y, w, h = lesion.patch_box
+        region = anatomy.values[y:y + h, x:x + w]
+        assert lesion.meta["match_low"] == low
+        assert region.min() == 0.0  # the square holds a dark pixel
+        want = region.min() if low == "min" else np.quantile(region, 1 - lesion.meta["q"])
+        assert lesion.meta["lo"] == pytest.approx(float(want), abs=1e-6)
+        assert (lesion.meta["lo"] > 0.5) == (low == "mirror")
 
 
 def test_coco_attributes_carry_the_source_lesion(tmp_path):

@@ -31,6 +31,19 @@ def test_equalisation_flattens_the_histogram():
     assert (equalize01(np.full((5, 5), 3.0)) == 0).all()
 
 
+def test_mirror_low_end_is_the_quantile_one_minus_q_and_ignores_a_few_dark_pixels():
+    """``low = "mirror"``: the range's low end is the quantile 1 - q, so a handful of near-black pixels (a skin
+    line, a streak) no longer set it, while the minimum follows them down."""
+    ref = np.random.default_rng(0).uniform(0.4, 0.8, (40, 40)).astype(np.float32)
+    ref[0, :3] = 0.01
+    lo_min, hi_min = reference_range(ref, 0.98)
+    lo_mirror, hi_mirror = reference_range(ref, 0.98, low="mirror")
+    assert lo_min == pytest.approx(0.01) and hi_mirror == hi_min
+    assert lo_mirror == pytest.approx(np.quantile(ref, 0.02)) and lo_mirror > 0.4
+    with pytest.raises(InputError, match="'lowest'"):
+        reference_range(ref, 0.98, low="lowest")
+
+
 def test_reference_mask_restricts_the_range():
     ref = np.zeros((10, 10), dtype=np.float32)
     ref[2:8, 2:8] = np.linspace(0.3, 0.9, 36).reshape(6, 6)

@@ -44,9 +44,23 @@ def draw_q(rng: np.random.Generator, q_range: tuple[float, float] = Q_RANGE) -> 
     return float(rng.uniform(*q_range))
 
 
-def reference_range(reference: np.ndarray, q: float, reference_mask: np.ndarray | None = None
-                    ) -> tuple[float, float]:
-    """``(min(reference), quantile(reference, q))`` over the pixels of ``reference_mask`` (all when None)."""
+#: The low end of the range a mammography patch is rescaled to: the paper's ``"min"`` of the reference, or
+#: ``"mirror"``, its quantile 1 − q (the high end's quantile mirrored).
+MATCH_LOWS = ("min", "mirror")
+
+
+def reference_range(reference: np.ndarray, q: float, reference_mask: np.ndarray | None = None,
+                    low: str = "min") -> tuple[float, float]:
+    """``(lo, quantile(reference, q))`` over the pixels of ``reference_mask`` (all when None); ``lo`` is
+    ``min(reference)`` (``low = "min"``, the paper's) or ``quantile(reference, 1 − q)`` (``"mirror"``).
+
+    Why "mirror": a minimum is set by the darkest few pixels. Under a 512² film's mass patch that is the
+    skin line or a thin dark streak, not the fat the mass sits in: over 60 planned items of the film recipe
+    the minimum of the tissue under the patch had median 0.08 against a tissue median of 0.61 there (its
+    quantile 1 − q: 0.20), so the equalised patch's darker half, the mass's own surround, came out near
+    black around the mass, a dark hole."""
+    if low not in MATCH_LOWS:
+        raise InputError(f"match low end {low!r}: expected one of {', '.join(MATCH_LOWS)}")
     ref = np.asarray(reference, dtype=np.float64)
     if reference_mask is not None:
         m = np.asarray(reference_mask, dtype=bool)
@@ -60,7 +74,8 @@ def reference_range(reference: np.ndarray, q: float, reference_mask: np.ndarray 
         raise InputError("reference contains NaN or Inf")
     if not 0.0 < q <= 1.0:
         raise InputError(f"quantile q={q} must be in (0, 1]")
-    return float(ref.min()), float(np.quantile(ref, q))
+    lo = float(ref.min()) if low == "min" else float(np.quantile(ref, 1.0 - q))
+    return lo, float(np.quantile(ref, q))
 
 
 def gaussian_falloff(shape: tuple[int, int], sigma_frac: float = 0.5) -> np.ndarray:
@@ -79,9 +94,10 @@ def gaussian_falloff(shape: tuple[int, int], sigma_frac: float = 0.5) -> np.ndar
 
 
 def match_to_reference(image: np.ndarray, reference: np.ndarray, q: float, *, equalize: bool = True,
-                       reference_mask: np.ndarray | None = None) -> np.ndarray:
-    """Steps 1-2 of the mammography transform: equalise, then map linearly onto [min(ref), quantile(ref, q)]."""
-    lo, hi = reference_range(reference, q, reference_mask)
+                       reference_mask: np.ndarray | None = None, low: str = "min") -> np.ndarray:
+    """Steps 1-2 of the mammography transform: equalise, then map linearly onto [lo, quantile(ref, q)]
+    (lo: :func:`reference_range`'s ``low``, the minimum by default)."""
+    lo, hi = reference_range(reference, q, reference_mask, low)
     img = np.asarray(image, dtype=np.float32)
     if equalize:
         x01 = equalize01(img)
@@ -93,21 +109,22 @@ def match_to_reference(image: np.ndarray, reference: np.ndarray, q: float, *, eq
 
 def mammo_transform(patch: Patch, reference: np.ndarray, rng: np.random.Generator, *, q: float | None = None,
                     q_range: tuple[float, float] = Q_RANGE, equalize: bool = True, falloff: bool = True,
-                    sigma_frac: float = 0.5, reference_mask: np.ndarray | None = None) -> Patch:
+                    sigma_frac: float = 0.5, reference_mask: np.ndarray | None = None, low: str = "min") -> Patch:
     """Match a mammography patch to ``reference`` (the target image, or its tissue via ``reference_mask``).
 
-    ``q`` defaults to a draw from U(q_range) with ``rng``. Returns a new Patch (same mask) whose
-    ``meta`` records ``q``, ``lo``, ``hi`` and ``sigma_frac``.
+    ``q`` defaults to a draw from U(q_range) with ``rng``; ``low``: the range's low end
+    (:func:`reference_range`). Returns a new Patch (same mask) whose ``meta`` records ``q``, ``lo``,
+    ``hi``, ``match_low`` and ``sigma_frac``.
     """
     if patch.kind != "mg":
         raise InputError(f"patch {patch.source!r}: mammography transform needs an 'mg' patch, got {patch.kind!r}")
     if q is None:
         q = draw_q(rng, q_range)
-    matched = match_to_reference(patch.image, reference, q, equalize=equalize, reference_mask=reference_mask)
-    lo, hi = reference_range(reference, q, reference_mask)
+    matched = match_to_reference(patch.image, reference, q, equalize=equalize, reference_mask=reference_mask, low=low)
+    lo, hi = reference_range(reference, q, reference_mask, low)
     if falloff:
         matched = lo + (matched - lo) * gaussian_falloff(matched.shape, sigma_frac)
-    meta = {**patch.meta, "q": q, "lo": lo, "hi": hi, "equalize": equalize,
+    meta = {**patch.meta, "q": q, "lo": lo, "hi": hi, "match_low": low, "equalize": equalize,
             "sigma_frac": sigma_frac if falloff else None}
     return dataclasses.replace(patch, image=matched.astype(np.float32), mask=patch.mask.copy(), meta=meta)
 

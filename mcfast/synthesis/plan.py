@@ -257,7 +257,8 @@ def _place_one(recipe: Recipe, spec, anatomy: Anatomy, free: np.ndarray, rng: np
         # blend toward the anatomy (blend_alpha) rather than toward min(region), so no dark square frames
         # the lesion.
         region = matching_region(anatomy.tissue, (x, y, w, h), spec.match_region)
-        patch = mammo_transform(patch, anatomy.values, rng, q=q, reference_mask=region, falloff=False)
+        patch = mammo_transform(patch, anatomy.values, rng, q=q, reference_mask=region, falloff=False,
+                                low=spec.match_low)
         patch.meta["match_region"] = spec.match_region
     patch_model = to_model(modality, patch.image)
     meta = {k: v for k, v in patch.meta.items()

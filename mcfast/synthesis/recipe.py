@@ -15,6 +15,7 @@ from typing import Any
 from mcfast.diffusion.samplers import FUSABLE_METHODS, METHODS
 from mcfast.diffusion.eps_scaling import check_eps_scale
 from mcfast.errors import InputError
+from mcfast.pathology.transform import MATCH_LOWS
 # One list of source names and one patch-size bound, shared with the code that serves them.
 from mcfast.synthesis.sources import ANATOMY_SOURCES, PATHOLOGY_SOURCES, patch_side_range
 from mcfast.constants import BACKENDS, MODALITIES  # one list, shared with the CLI and guidance
@@ -87,6 +88,9 @@ class PathologySpec:
     min_overlap: float = 0.9
     category: str = "nodule"
     match_region: str = "breast"  # MG only: "breast" (whole tissue mask) or "local" (tissue around the lesion)
+    # MG only: the low end of the range the patch is rescaled to, the region's minimum ("min", the paper's) or
+    # its quantile 1 - q ("mirror"; mcfast.pathology.transform.reference_range says why)
+    match_low: str = "min"
 
 
 @dataclass
@@ -304,6 +308,10 @@ def validate(recipe: Recipe) -> Recipe:
         _check_choice(p.match_region, MATCH_REGIONS, f"{key}.match_region", where)
         if recipe.modality != "mg" and p.match_region != "breast":
             raise InputError(f"{where}: {key}.match_region = {p.match_region!r} applies to modality 'mg' only "
+                             f"(CT patches keep their HU)")
+        _check_choice(p.match_low, MATCH_LOWS, f"{key}.match_low", where)
+        if recipe.modality != "mg" and p.match_low != "min":
+            raise InputError(f"{where}: {key}.match_low = {p.match_low!r} applies to modality 'mg' only "
                              f"(CT patches keep their HU)")
     return recipe
 
