@@ -253,9 +253,9 @@ def _place_one(recipe: Recipe, spec, anatomy: Anatomy, free: np.ndarray, rng: np
     y, x = int(rows.min()), int(cols.min())
     h, w = patch.shape
     if modality == "mg":
-        # Equalise + rescale to [min(region), quantile(region, q)]; the Gaussian fall-off is applied as a
-        # blend toward the anatomy (blend_alpha) rather than toward min(region), so no dark square frames
-        # the lesion.
+        # Equalise + rescale to [lo(region), quantile(region, q)] (lo: its minimum or quantile 1 - q,
+        # spec.match_low); the Gaussian fall-off is applied as a blend toward the anatomy (blend_alpha)
+        # rather than toward lo, so no dark square frames the lesion.
         region = matching_region(anatomy.tissue, (x, y, w, h), spec.match_region)
         patch = mammo_transform(patch, anatomy.values, rng, q=q, reference_mask=region, falloff=False,
                                 low=spec.match_low)
