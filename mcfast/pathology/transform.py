@@ -98,7 +98,11 @@ def match_to_reference(image: np.ndarray, reference: np.ndarray, q: float, *, eq
                        reference_mask: np.ndarray | None = None, low: str = "min") -> np.ndarray:
     """Steps 1-2 of the mammography transform: equalise, then map linearly onto [lo, quantile(ref, q)]
     (lo: :func:`reference_range`'s ``low``, the minimum by default)."""
-    lo, hi = reference_range(reference, q, reference_mask, low)
+    return _rescale(image, *reference_range(reference, q, reference_mask, low), equalize)
+
+
+def _rescale(image: np.ndarray, lo: float, hi: float, equalize: bool) -> np.ndarray:
+    """``image`` equalised (or min-max normalised) to [0, 1], then mapped linearly onto [lo, hi]."""
     img = np.asarray(image, dtype=np.float32)
     if equalize:
         x01 = equalize01(img)
@@ -121,8 +125,8 @@ def mammo_transform(patch: Patch, reference: np.ndarray, rng: np.random.Generato
         raise InputError(f"patch {patch.source!r}: mammography transform needs an 'mg' patch, got {patch.kind!r}")
     if q is None:
         q = draw_q(rng, q_range)
-    matched = match_to_reference(patch.image, reference, q, equalize=equalize, reference_mask=reference_mask, low=low)
     lo, hi = reference_range(reference, q, reference_mask, low)
+    matched = _rescale(patch.image, lo, hi, equalize)  # match_to_reference, with the range it needs below
     if falloff:
         matched = lo + (matched - lo) * gaussian_falloff(matched.shape, sigma_frac)
     meta = {**patch.meta, "q": q, "lo": lo, "hi": hi, "match_low": low, "equalize": equalize,

@@ -6,7 +6,7 @@ Gaussian in that square (paper's weighted ILVR), so the condition acts only arou
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from scipy import ndimage
@@ -117,8 +117,7 @@ def carry_lesions(anatomy: Condition, composite: np.ndarray) -> Condition:
     the recipes that had one) leaves the last steps to the lesion alone and keeps the lesion-free anatomy,
     so those recipes' images are unchanged.
     """
-    return Condition(composite, anatomy.factor, anatomy.stop_step, anatomy.weight, anatomy.filter, anatomy.name,
-                     anatomy.patch)
+    return replace(anatomy, ref=composite)
 
 
 def yield_to_held(condition: Condition, held: np.ndarray) -> Condition:
@@ -139,8 +138,7 @@ def yield_to_held(condition: Condition, held: np.ndarray) -> Condition:
     if not (weight[held] > 0).any():
         return condition
     weight[held] = 0.0
-    return Condition(condition.ref, condition.factor, condition.stop_step, weight, condition.filter, condition.name,
-                     condition.patch)
+    return replace(condition, weight=weight)
 
 
 #: Pixels of the body's edge kept in the anatomy condition (the skin is body), and the feather (Gaussian σ,

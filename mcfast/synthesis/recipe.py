@@ -305,14 +305,12 @@ def validate(recipe: Recipe) -> Recipe:
             raise InputError(f"{where}: {key}.min_overlap must lie in (0, 1], got {p.min_overlap}")
         if p.sigma_scale <= 0:
             raise InputError(f"{where}: {key}.sigma_scale must be > 0, got {p.sigma_scale}")
-        _check_choice(p.match_region, MATCH_REGIONS, f"{key}.match_region", where)
-        if recipe.modality != "mg" and p.match_region != "breast":
-            raise InputError(f"{where}: {key}.match_region = {p.match_region!r} applies to modality 'mg' only "
-                             f"(CT patches keep their HU)")
-        _check_choice(p.match_low, MATCH_LOWS, f"{key}.match_low", where)
-        if recipe.modality != "mg" and p.match_low != "min":
-            raise InputError(f"{where}: {key}.match_low = {p.match_low!r} applies to modality 'mg' only "
-                             f"(CT patches keep their HU)")
+        for name, choices in (("match_region", MATCH_REGIONS), ("match_low", MATCH_LOWS)):
+            value = getattr(p, name)
+            _check_choice(value, choices, f"{key}.{name}", where)
+            if recipe.modality != "mg" and value != getattr(PathologySpec, name):
+                raise InputError(f"{where}: {key}.{name} = {value!r} applies to modality 'mg' only "
+                                 f"(CT patches keep their HU)")
     return recipe
 
 
