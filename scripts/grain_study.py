@@ -43,7 +43,7 @@ from mcfast.evaluate.realism_sets import (anatomy_groups, checkpoint_fields, flo
                                           load_split, machine_line, model_steps, record_timing, scoring_machine,
                                           seconds_per_image)
 from mcfast.evaluate.spectrum import interior_band_ratios
-from mcfast.evaluate.tissue import edge_profile, tissue_noise_hu
+from mcfast.evaluate.tissue import edge_profile, tissue_mottle_hu, tissue_noise_hu
 from mcfast.evaluate.two_sample import DEFAULT_BANDS, spectrum_band_ratios
 from mcfast.io.mammo import frame_model_images
 from mcfast.synthesis.recipe import load_recipe
@@ -56,9 +56,9 @@ REPO = Path(__file__).resolve().parent.parent
 GRID_KEYS = {"deterministic_below": "sampler", "eps_scale": "sampler", "padding_band": "anatomy", "steps": "sampler",
              "start_step": "sampler", "factor": "anatomy", "stop_step": "anatomy", "filter": "anatomy", "outside_factor": "anatomy",
              "outside_stop_step": "anatomy", "phantom_wall": "anatomy", "phantom_blood_hu": "anatomy",
-             "sigma_scale": "pathology"}
+             "sigma_scale": "pathology", "checkpoint": "model"}
 #: How a grid entry's value is read, where it is not an integer.
-GRID_TYPES = {"steps": str, "filter": str, "phantom_wall": str, "phantom_blood_hu": lambda v: [int(x) for x in v], "sigma_scale": float}
+GRID_TYPES = {"steps": str, "filter": str, "checkpoint": str, "phantom_wall": str, "phantom_blood_hu": lambda v: [int(x) for x in v], "sigma_scale": float}
 #: Beside deterministic_below and eps_scale (always shown), in this order; None: the recipe's own.
 OPTIONAL_KEYS = tuple(key for key in GRID_KEYS if key not in ("deterministic_below", "eps_scale"))
 #: Settings that change how many network calls an image takes (the report shows the count beside them).
@@ -92,12 +92,15 @@ def grid_entries(cfg: dict) -> list[dict]:
 
 def set_folder(out: Path, entry: dict) -> Path:
     """The set's folder: named by its settings (the list form's names are those of the earlier studies)."""
-    short = {"padding_band": "band", "steps": "steps", "phantom_wall": "wall", "phantom_blood_hu": "blood"}
+    short = {"padding_band": "band", "steps": "steps", "phantom_wall": "wall", "phantom_blood_hu": "blood",
+             "checkpoint": "model"}
 
-    def text(value) -> str:
+    def text(key: str, value) -> str:
+        if key == "checkpoint":
+            return Path(value).name
         return "_".join(map(str, value)) if isinstance(value, list) else str(value)
 
-    extra = "".join(f"_{short.get(key, key)}_{text(entry[key])}" for key in OPTIONAL_KEYS if entry.get(key) is not None)
+    extra = "".join(f"_{short.get(key, key)}_{text(key, entry[key])}" for key in OPTIONAL_KEYS if entry.get(key) is not None)
     return out / f"below_{entry['deterministic_below']}_eps_{entry['eps_scale']:.2f}{extra}"
 
 
@@ -114,7 +117,7 @@ def make_set(cfg: dict, entry: dict, out: Path) -> tuple[np.ndarray, list[str], 
     recipe = build_recipe(REPO / d["recipe"], deterministic_below=entry["deterministic_below"],
                           eps_scale=entry["eps_scale"], steps=entry["steps"], start_step=entry["start_step"],
                           anatomy=anatomy or None, lesions=lesions, formats=["npy"])
-    synthesizer = Synthesizer.from_pretrained(REPO / d["checkpoint"], recipe=recipe, precision=d["precision"],
+    synthesizer = Synthesizer.from_pretrained(REPO / (entry.get("checkpoint") or d["checkpoint"]), recipe=recipe, precision=d["precision"],
                                               channels_last=True)
     t0 = time.perf_counter()
     result = synthesizer.synthesize(n, out, progress=True)
@@ -176,6 +179,12 @@ def noise_scores(images: np.ndarray, reference: dict[str, float]) -> dict:
     noise = tissue_noise_hu(images)["noise_hu"]
     ratio = max(abs(math.log(noise[t] / reference[t])) for t in NOISE_RULE_TISSUES)
     return {"noise_hu": {t: round(v, 2) for t, v in noise.items()}, "noise_log_ratio": round(ratio, 4)}
+
+
+def mottle_scores(images: np.ndarray) -> dict:
+    """A set's texture 2-8 px across per tissue away from edges (CT, :func:`tissue_mottle_hu`, HU): where the
+    linear model's marbling shows."""
+    return {"mottle_hu": {t: round(v, 2) for t, v in tissue_mottle_hu(images)["noise_hu"].items()}}
 
 
 def eligible(row: dict, first: dict, synthesis: dict) -> bool:
@@ -247,6 +256,9 @@ def run(cfg: dict, out: Path) -> dict:
     reference_noise = tissue_noise_hu(real)["noise_hu"] if s.get("tissue_noise") else None
     if reference_noise:
         rows[0].update(noise_scores(images[floor_idx], reference_noise))
+    reference_mottle = tissue_mottle_hu(real)["noise_hu"] if s.get("tissue_mottle") else None
+    if reference_mottle:
+        rows[0].update(mottle_scores(images[floor_idx]))
     grid, recipe = grid_entries(cfg), load_recipe(REPO / d["recipe"])
     # A setting the grid varies is stated in every row, the recipe's own value where an entry is silent,
     # so that a row still says what it measured after the recipe takes the pick.
@@ -257,7 +269,8 @@ def run(cfg: dict, out: Path) -> dict:
         settings = {k: v for k, v in entry.items() if v is not None}
         for key in varied:
             section = GRID_KEYS[key]  # a pathology key is the same in every [[pathology]] table the study sets
-            own = getattr(recipe.pathology[0] if section == "pathology" else getattr(recipe, section), key)
+            own = (d["checkpoint"] if section == "model" else
+                   getattr(recipe.pathology[0] if section == "pathology" else getattr(recipe, section), key))
             settings.setdefault(key, list(own) if isinstance(own, tuple) else own)
         if any(key in varied for key in CALLS_KEYS):
             settings["network_calls"] = network_calls(settings.get("steps", recipe.sampler.steps),
@@ -265,13 +278,18 @@ def run(cfg: dict, out: Path) -> dict:
         lesions = lesion_scores(set_folder(out, entry), cfg["synthesis"]["n"], recipe.modality) \
             if s.get("lesion_scores") else {}
         noise = noise_scores(synthetic, reference_noise) if reference_noise else {}
+        if reference_mottle:
+            noise.update(mottle_scores(synthetic))
         rows.append({**settings, **score(real, groups, synthetic, synthetic_groups, s), **lesions, **noise,
                      "s_per_image": None if np.isnan(per_image) else round(per_image, 1)})
         print(json.dumps(rows[-1]))
     config = read_config(REPO / d["checkpoint"])  # config.json only: the weights need not be read again
+    others = sorted({entry["checkpoint"] for entry in grid if entry.get("checkpoint")} - {d["checkpoint"]})
     return {"config": cfg, "checkpoint": d["checkpoint"], **checkpoint_fields(config), "machine": scoring_machine(),
+            **({"other_checkpoints": {c: checkpoint_fields(read_config(REPO / c)) for c in others}} if others else {}),
             "n_reference": len(real), "n_reference_people": len(set(groups)), "rows": rows,
             **({"reference_noise": {t: round(v, 2) for t, v in reference_noise.items()}} if reference_noise else {}),
+            **({"reference_mottle": {t: round(v, 2) for t, v in reference_mottle.items()}} if reference_mottle else {}),
             "pick": pick(rows[1:], cfg["synthesis"])}
 
 
@@ -283,6 +301,7 @@ def write_report(res: dict, path: Path) -> None:
     with_edge = any("edge_profile" in r for r in rows)
     with_seam, with_contrast = any("seam" in r for r in rows), any("mass_contrast" in r for r in rows)
     with_noise = any("noise_hu" in r for r in rows)
+    with_mottle = any("mottle_hu" in r for r in rows)
     depth = cfg["scoring"].get("edge_depth")
     columns = (["deterministic_below", "eps_scale"] + [labels.get(key, key) for key in shown]
                + ["hand-feature AUC [95 %]", "hand families: " + " / ".join(FEATURE_GROUPS), "patch-CNN AUC [95 %]",
@@ -291,17 +310,22 @@ def write_report(res: dict, path: Path) -> None:
                + ([f"mean intensity 1 ... {depth} px from the background"] if with_edge else [])
                + (["seam at the lesion boxes (control)"] if with_seam else [])
                + (["mass contrast (median)"] if with_contrast else [])
-               + (["pixel noise lung / fat / soft tissue (HU)"] if with_noise else []) + ["s / image"])
+               + (["pixel noise lung / fat / soft tissue (HU)"] if with_noise else [])
+               + (["mottle 2–8 px lung / fat / soft tissue (HU)"] if with_mottle else []) + ["s / image"])
     lines = [f"# {cfg['report']['title']}", "",
              f"Generated by `python scripts/grain_study.py --config {res['config_path']}`; every number is in "
              f"`{cfg['report']['name']}.json` beside this file.",
-             f"Recipe `{cfg['data']['recipe']}`, model `{res['checkpoint']}`, {model_steps(res)}; "
+             f"Recipe `{cfg['data']['recipe']}`, model `{res['checkpoint']}`, {model_steps(res)}"
+             + "".join(f" (`{c}`: {model_steps(f)})" for c, f in res.get("other_checkpoints", {}).items()) + "; "
              f"{cfg['synthesis']['n']} images per value (the same items){framed} against "
              f"{res['n_reference']} training {w['images']} of {res['n_reference_people']} {w['people']} (the validation "
              f"{w['people']} are never read). " + machine_line(res["machine"]), "",
              *([f"Pixel noise (high-pass standard deviation per tissue, `tissue_noise_hu`) of the {res['n_reference']} "
                 f"reference {w['images']}: {fmt_noise(res['reference_noise'])} HU (lung / fat / soft tissue).", ""]
                if "reference_noise" in res else []),
+             *([f"Mottle (`tissue_mottle_hu`: Gaussian σ 2 minus σ 8 px, 8 px inside each tissue) of the "
+                f"{res['n_reference']} reference {w['images']}: {fmt_noise(res['reference_mottle'])} HU.", ""]
+               if "reference_mottle" in res else []),
              "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for r in rows:
         if r["deterministic_below"] is None:
@@ -326,6 +350,8 @@ def write_report(res: dict, path: Path) -> None:
             cells.append(f"{r['mass_contrast']:.3f}" if "mass_contrast" in r else "–")
         if with_noise:
             cells.append(fmt_noise(r.get("noise_hu")))
+        if with_mottle:
+            cells.append(fmt_noise(r.get("mottle_hu")))
         cells.append(str(r["s_per_image"] or ""))
         lines.append("| " + " | ".join(cells) + " |")
     picked = ", ".join(f"{k} = {v:.2f}" if k == "eps_scale" else f"{k} = {v}" for k, v in res["pick"].items())

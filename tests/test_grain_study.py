@@ -202,18 +202,19 @@ def test_grid_tables_take_the_recipes_own_settings_where_they_are_silent(tmp_pat
     study = _grain_study()
     cfg = {"data": {"recipe": "configs/lung_ct_real512.toml"},
            "synthesis": {"grid": [{}, {"steps": "50+tail9"}, [0, 1.02], {"deterministic_below": 0, "padding_band": 3},
-                                  {"factor": 16, "stop_step": 400}]}}
+                                  {"factor": 16, "stop_step": 400}, {"checkpoint": "mcfast/assets/ct_asinh"}]}}
     recipe = load_recipe(REPO / "configs" / "lung_ct_real512.toml").sampler
     entries = study.grid_entries(cfg)
     assert entries[0] == {"deterministic_below": recipe.deterministic_below, "eps_scale": recipe.eps_scale,
                           "padding_band": None, "steps": None, "start_step": None, "factor": None, "stop_step": None,
                           "filter": None, "outside_factor": None, "outside_stop_step": None, "phantom_wall": None,
-                          "phantom_blood_hu": None, "sigma_scale": None}
+                          "phantom_blood_hu": None, "sigma_scale": None, "checkpoint": None}
     assert entries[1]["steps"] == "50+tail9" and entries[2]["eps_scale"] == 1.02
     assert entries[3]["deterministic_below"] == 0 and entries[3]["padding_band"] == 3
     folders = [study.set_folder(tmp_path, e).name for e in entries]
     assert entries[4]["factor"] == 16 and entries[4]["stop_step"] == 400
-    assert len(set(folders)) == 5  # every entry its own set
+    assert len(set(folders)) == 6  # every entry its own set
+    assert folders[5].endswith("_model_ct_asinh")  # an entry's weights: the folder's name, not its path
     assert folders[2] == "below_0_eps_1.02"  # the list form keeps the folders of earlier studies
     cfg["synthesis"]["grid"] = [{"stepz": "50"}]
     with pytest.raises(SystemExit, match="stepz"):

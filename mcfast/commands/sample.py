@@ -89,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
         batches.append(sample(fn, diffusion, (b, channels, size, size), method=args.sampler, eta=args.eta,
                               clip_denoised=not args.no_clip, generator=generators,
                               progress=not args.no_progress, device=device).cpu())
+        batches[-1] = diffusion.companding.decode(batches[-1])  # back to model space
     images = torch.cat(batches).numpy().astype(np.float32)
     make_out_dir(args.out)
     try:  # a disk that fills up (or a folder removed meanwhile) is one line; every file is written atomically

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from mcfast.constants import COMPANDINGS
 from mcfast.errors import CheckpointError, InputError
 
 # Training options whose value on --resume comes from the run unless given again.
@@ -70,6 +71,9 @@ def register(subparsers) -> None:
     d.add_argument("--variance", choices=["learned_range", "fixed_small", "fixed_large"], default="learned_range",
                    help="model variance (learned_range: the net also outputs v)")
     d.add_argument("--loss", choices=["hybrid", "simple"], default="hybrid", help="L_hybrid or L_simple")
+    d.add_argument("--companding", choices=list(COMPANDINGS),
+                   help="intensity map the chain runs in: linear (model space) or ct_asinh (soft tissue stretched "
+                        "about 2.5x, CT only); default linear, or the --init run's")
     d.add_argument("--importance-sampling", action="store_true",
                    help="loss-aware timestep sampling (second moment of the last 10 losses per t)")
     d.add_argument("--train-timesteps", metavar="RESPACING",
@@ -155,6 +159,9 @@ def run(args: argparse.Namespace) -> int:
                 raise CheckpointError(f"{saved_path}: image_size {size!r} is not a size in pixels")
             dataset = ImageFolderDataset(data_root, image_size=size, npy_range=npy_range)
             model_cfg, diffusion_kwargs = saved["model"], saved["diffusion"]
+            if args.companding is not None and args.companding != saved["diffusion"].get("companding", "linear"):
+                raise InputError(f"--companding {args.companding}: the run at {args.out} diffuses in "
+                                 f"{saved['diffusion'].get('companding', 'linear')} space; a resumed run keeps it")
             train_cfg = TrainConfig.from_dict({**saved.get("train", {}), **given}, source=str(saved_path))
             data_info["root"] = str(Path(data_root).resolve())
         else:
@@ -173,6 +180,13 @@ def run(args: argparse.Namespace) -> int:
                 diffusion_kwargs = dict(T=args.diffusion_steps, schedule=args.schedule, respacing="",
                                         model_var_type=args.variance, loss_type=args.loss)
                 model_cfg = _model_config(args, train_size, learn_sigma=args.variance == "learned_range")
+            if args.companding is not None:  # "linear" stays unwritten: runs from before the option read the same
+                diffusion_kwargs.pop("companding", None)
+                if args.companding != "linear":
+                    diffusion_kwargs["companding"] = args.companding
+            if diffusion_kwargs.get("companding") == "ct_asinh" and args.modality != "ct":
+                raise InputError(f"--companding ct_asinh maps Hounsfield units; it needs --modality ct "
+                                 f"(got {args.modality})")
             train_cfg = TrainConfig.from_dict({**_DEFAULTS, **given})
             if args.importance_sampling and args.train_timesteps:
                 raise InputError("--importance-sampling and --train-timesteps exclude each other")

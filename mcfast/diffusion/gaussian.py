@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from mcfast.diffusion.companding import get_companding
 from mcfast.diffusion.schedule import get_named_beta_schedule, respaced_betas, space_timesteps
 from mcfast.errors import InputError
 
@@ -29,10 +30,12 @@ class GaussianDiffusion:
     "fixed_small" (σ² = β̃_t, the posterior variance) or "fixed_large" (σ² = β_t, with β̃_1 at t = 0).
     ``loss_type``: "simple" (MSE on ε) or "hybrid" (MSE + λ·L_vlb, λ = ``vb_weight``; the vlb term
     only trains the variance because the mean is detached inside it).
+    ``companding``: the map from model space to the space this chain runs in (diffusion.companding);
+    its users (training, sampling) encode and decode through ``self.companding``.
     """
 
     def __init__(self, betas, model_var_type: str = "learned_range", loss_type: str = "hybrid",
-                 vb_weight: float = 0.001, timestep_map=None):
+                 vb_weight: float = 0.001, timestep_map=None, companding: str = "linear"):
         if model_var_type not in MODEL_VAR_TYPES:
             raise InputError(f"unknown model_var_type {model_var_type!r}; expected one of {', '.join(MODEL_VAR_TYPES)}")
         if loss_type not in LOSS_TYPES:
@@ -43,6 +46,7 @@ class GaussianDiffusion:
         self.model_var_type = model_var_type
         self.loss_type = loss_type
         self.vb_weight = float(vb_weight)
+        self.companding = get_companding(companding)
         self.betas = betas
         self.num_timesteps = int(len(betas))
         self.timestep_map = (np.arange(self.num_timesteps, dtype=np.int64) if timestep_map is None
@@ -231,13 +235,13 @@ class SpacedDiffusion(GaussianDiffusion):
 
 def create_diffusion(T: int = 1000, schedule: str = "cosine", respacing: str = "",
                      model_var_type: str = "learned_range", loss_type: str = "hybrid",
-                     vb_weight: float = 0.001) -> GaussianDiffusion:
+                     vb_weight: float = 0.001, companding: str = "linear") -> GaussianDiffusion:
     """Build the diffusion from plain settings (the ``diffusion`` block of a run's config.json).
 
     ``respacing`` "" keeps all T steps; otherwise see :func:`space_timesteps`.
     """
     base = get_named_beta_schedule(schedule, T)
-    kwargs = dict(model_var_type=model_var_type, loss_type=loss_type, vb_weight=vb_weight)
+    kwargs = dict(model_var_type=model_var_type, loss_type=loss_type, vb_weight=vb_weight, companding=companding)
     if respacing in ("", None) or str(respacing) == str(T):
         if respacing not in ("", None):
             space_timesteps(T, respacing)  # validate anyway

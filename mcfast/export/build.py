@@ -89,6 +89,10 @@ def sampler_from_run(run_dir: str | os.PathLike, steps: int, method: str = "ddpm
     if int(config["model"].get("in_channels", 1)) != 1:
         raise CheckpointError(f"{run_dir}: the model takes {config['model']['in_channels']} channels; the exported "
                               f"sampler makes 1-channel images")
+    if diffusion_kwargs.get("companding", "linear") != "linear":
+        # The exported graph takes references and returns images in the space it samples in.
+        raise CheckpointError(f"{run_dir}: the run diffuses in companded space ({diffusion_kwargs['companding']}); "
+                              f"the exported sampler has no encode/decode, so export only linear runs")
     T = int(diffusion_kwargs.get("T", 1000))
     diffusion_kwargs = dict(diffusion_kwargs, respacing=respacing_for(int(steps), T))
     diffusion = create_diffusion(**diffusion_kwargs)

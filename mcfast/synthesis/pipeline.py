@@ -9,7 +9,7 @@ import datetime
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -182,19 +182,21 @@ class RunSampler:
             batch = list(indices[start:start + bs])
             plans = [plan(i) for i in batch]
             noise = initial_noise(recipe.seed, batch, size).to(device_t)
+            # The chain runs in the model's companded space: references go in encoded, the image comes out decoded.
+            conditions = [[replace(c, ref=diffusion.companding.encode(c.ref)) for c in p.conditions] for p in plans]
             # SDEdit start: each item's anatomy reference noised to start_step with its own x_T noise.
-            anatomy = torch.stack([p.conditions[0].ref for p in plans]).to(device_t)
+            anatomy = torch.stack([c[0].ref for c in conditions]).to(device_t)
             x_start, first = sdedit_start(diffusion, anatomy, noise, s.start_step)
             # One step-noise generator and one guidance seed per item: an item's image depends on its seed only.
             gens = [torch.Generator(device=device_t).manual_seed(item_seed(recipe.seed, i, "steps")) for i in batch]
-            guidance = ILVRGuidance([p.conditions for p in plans], diffusion,
+            guidance = ILVRGuidance(conditions, diffusion,
                                     generator=[item_seed(recipe.seed, i, "guidance") for i in batch],
                                     backend=s.backend)
             x = sample(model_fn, diffusion, noise.shape, method=s.method, eta=s.eta,
                        clip_denoised=s.clip_denoised, noise=x_start, generator=gens, guidance=guidance,
                        progress=False, device=device_t, start_at=first, x0_guidance=s.x0_guidance,
                        deterministic_below=s.deterministic_below)
-            images = x.float().cpu().numpy()[:, 0]
+            images = diffusion.companding.decode(x.float()).cpu().numpy()[:, 0]
             sampling = {"sampler": s.method, "eta": s.eta, "x0_guidance": s.x0_guidance, "eps_scale": s.eps_scale,
                         "steps": s.steps, "start_step": s.start_step, "deterministic_below": s.deterministic_below,
                         "network_calls": first + 1}

@@ -243,7 +243,8 @@ class Trainer:
             x0_local = apply_crops(x0_local, boxes, c.crop_size)
         t_all, w_all = self.timestep_sampler.sample(B, self.generator)
         noise_all = torch.randn((B,) + tuple(x0_local.shape[1:]), generator=self.generator)
-        x0 = x0_local.to(self.device, non_blocking=True)
+        # The chain runs in the diffusion's companded space; crops were picked in model space above.
+        x0 = self.diffusion.companding.encode(x0_local.to(self.device, non_blocking=True))
         t, w, noise = (v[sl].to(self.device) for v in (t_all, w_all, noise_all))
         self.optimizer.zero_grad(set_to_none=True)
         losses = self.diffusion.training_losses(self._model_fn, x0, t, noise=noise,
@@ -357,6 +358,7 @@ class Trainer:
         size = self.model.model_config()["image_size"]
         images = sample(self.ema_model, diffusion, (c.sample_n, 1, size, size), method="ddpm",
                         generator=torch.Generator().manual_seed(c.seed), progress=False, device=self.device)
+        images = diffusion.companding.decode(images)
         path = self.out_dir / "samples" / f"step_{self.step:07d}.png"
         with atomic_path(path) as tmp:
             Image.fromarray(image_grid(images)).save(tmp, format="PNG")
